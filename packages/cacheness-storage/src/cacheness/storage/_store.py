@@ -1,0 +1,703 @@
+"""BlobStore: the public face of the storage layer."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from cacheness.storage._hashing import HashingReader, hash_chunks, new_hasher, split_hash
+from cacheness.storage._plugins import PluginManager, get_plugin_manager
+from cacheness.storage.abc import BlobBackend, EntryRecord, MetadataBackend, TypeHandler
+from cacheness.storage.errors import (
+    BlobNotFoundError,
+    CacheConfigError,
+    CacheError,
+    CacheIntegrityError,
+    CacheKeyError,
+    CacheSerializationError,
+)
+from cacheness.storage.security._signing import Signer, check_signed_fields, load_signing_key
+
+__all__ = ["BlobStore", "VerifyReport"]
+
+logger = logging.getLogger(__name__)
+
+_SMALL_BLOB = 4 * 1024 * 1024
+_STREAM_CHUNK = 8 * 1024 * 1024
+# Temp files younger than this may belong to a put still in progress.
+_TEMP_GRACE_S = 3600.0
+
+_MISSING = object()
+
+
+@dataclass
+class VerifyReport:
+    """What :meth:`BlobStore.verify` found (and, with ``repair=True``, removed)."""
+
+    checked: int = 0
+    corrupt: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    orphaned: list[str] = field(default_factory=list)
+    bad_signature: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.corrupt or self.missing or self.orphaned or self.bad_signature)
+
+
+def _check_key(key: object) -> str:
+    if not isinstance(key, str):
+        raise CacheKeyError(f"keys are str, not {type(key).__name__}: {key!r}")
+    if not key:
+        raise CacheKeyError("a key must not be empty")
+    if "\x00" in key:
+        raise CacheKeyError(f"key {key!r} contains a NUL character", key=key)
+    return key
+
+
+def _check_metadata(metadata: Mapping[str, Any] | None, key: str | None) -> dict[str, Any]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise CacheSerializationError(
+            f"metadata must be a dict, not {type(metadata).__name__}", key=key
+        )
+    try:
+        # Round-trip so what we store is exactly what comes back (tuples become lists).
+        out: dict[str, Any] = json.loads(json.dumps(dict(metadata), allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise CacheSerializationError(
+            f"metadata for key {key!r} is not JSON-able ({exc}); use str, int, float, bool, "
+            "None, lists and dicts with str keys",
+            key=key,
+        ) from None
+    for name in metadata:
+        if not isinstance(name, str):
+            raise CacheSerializationError(
+                f"metadata field names must be str, got {name!r}", key=key
+            )
+    return out
+
+
+class BlobStore:
+    """A content-addressable store of Python objects.
+
+    ``BlobStore("./artifacts")`` keeps metadata in SQLite and blobs as files
+    under that folder. ``backend`` picks the metadata backend (``"sqlite"``,
+    ``"json"``, ``"memory"``, a SQLAlchemy URL or an instance);
+    ``blob_backend`` the blob backend (``"file"``, ``"memory"``, a URL such
+    as ``"s3://bucket/prefix"``, or an instance).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        backend: str | MetadataBackend = "sqlite",
+        blob_backend: str | BlobBackend = "file",
+        compression: str = "lz4",
+        compression_level: int | None = None,
+        content_addressable: bool = True,
+        hash_algorithm: str = "xxh3_128",
+        signing_key: bytes | str | os.PathLike[str] | None = None,
+        require_signatures: bool = False,
+        custom_signed_fields: list[str] | tuple[str, ...] | None = None,
+        verify_on_read: bool = True,
+        allow_dill: bool | None = None,
+        blob_backend_options: Mapping[str, Any] | None = None,
+        metadata_backend_options: Mapping[str, Any] | None = None,
+        plugin_manager: PluginManager | None = None,
+    ) -> None:
+        self._pm = plugin_manager or get_plugin_manager()
+        self.root = None if path is None else Path(path).absolute()
+        new_hasher(hash_algorithm)  # validates the name
+        self.hash_algorithm = hash_algorithm
+        self.content_addressable = content_addressable
+        self.verify_on_read = verify_on_read
+        self.require_signatures = require_signatures
+        self.allow_dill = (not require_signatures) if allow_dill is None else allow_dill
+        fields = check_signed_fields(custom_signed_fields)
+        key = load_signing_key(signing_key)
+        if require_signatures and key is None:
+            raise CacheConfigError(
+                "require_signatures=True needs a signing_key (bytes, a key-file path, "
+                "or CACHENESS_SIGNING_KEY)"
+            )
+        self._signer = None if key is None else Signer(key, fields)
+        self._codec = self._make_codec(compression, compression_level)
+        self.metadata_backend = self._resolve(
+            "metadata_backends", backend, MetadataBackend, metadata_backend_options
+        )
+        try:
+            self.blob_backend = self._resolve(
+                "blob_backends", blob_backend, BlobBackend, blob_backend_options
+            )
+        except BaseException:
+            self.metadata_backend.close()
+            raise
+        self._closed = False
+
+    # ------------------------------------------------------------ construction
+
+    def _make_codec(self, name: str, level: int | None) -> Any:
+        cls = self._pm.lookup("codecs", name)
+        if level is None:
+            return self._pm.codec(name)
+        try:
+            return cls(level=level)
+        except TypeError:
+            raise CacheConfigError(f"codec {name!r} takes no compression_level") from None
+
+    def _resolve(self, kind: str, spec: Any, base: type, options: Mapping[str, Any] | None) -> Any:
+        if isinstance(spec, base):
+            return spec
+        if not isinstance(spec, str):
+            raise CacheConfigError(
+                f"{kind[:-1].replace('_', ' ')} must be a name, a URL or a "
+                f"{base.__name__} instance, not {type(spec).__name__}"
+            )
+        opts = dict(options or {})
+        if "://" in spec:
+            scheme = spec.split("://", 1)[0]
+            try:
+                cls = self._pm.lookup(kind, scheme)
+            except CacheConfigError:
+                if "+" not in scheme:
+                    raise
+                cls = self._pm.lookup(kind, scheme.split("+", 1)[0])
+            return cls.from_url(spec, **opts)
+        cls = self._pm.lookup(kind, spec)
+        return self._from_directory(cls, kind, opts)
+
+    def _from_directory(self, cls: type, kind: str, opts: dict[str, Any]) -> Any:
+        needs_dir = {"sqlite": "metadata.sqlite", "json": "metadata.json"}
+        from cacheness.storage.backends import FilesystemBlobBackend
+
+        if kind == "metadata_backends" and cls.name in needs_dir:
+            if self.root is None:
+                raise CacheConfigError(
+                    f"metadata backend {cls.name!r} keeps a file: give BlobStore a path, "
+                    "or use backend='memory'"
+                )
+            return cls(self.root / needs_dir[cls.name], **opts)
+        if issubclass(cls, FilesystemBlobBackend):
+            if self.root is None:
+                raise CacheConfigError(
+                    "the 'file' blob backend needs a folder: give BlobStore a path, "
+                    "or use blob_backend='memory'"
+                )
+            return cls(self.root, **opts)
+        return cls(**opts)
+
+    # ------------------------------------------------------------------ writes
+
+    def _handler_for(self, data: Any, key: str | None) -> TypeHandler:
+        try:
+            handler = self._pm.handler_for(data)
+        except CacheSerializationError as exc:
+            exc.key = key
+            raise
+        if handler.name == "dill" and not self.allow_dill:
+            raise CacheSerializationError(
+                f"a value of type {type(data).__qualname__} needs dill, which this store does "
+                "not allow (allow_dill=False or require_signatures=True)",
+                key=key,
+            )
+        return handler
+
+    def _serialize(self, data: Any, key: str | None) -> tuple[TypeHandler, Any]:
+        handler = self._handler_for(data, key)
+        try:
+            return handler, handler.dump(data, self._codec)
+        except CacheError:
+            raise
+        except Exception as exc:
+            # A handler choosing a type does not guarantee it can encode this value
+            # (pickle of a lock, a generator ...): fall through to the next handlers.
+            for fallback in ("dill",):
+                if fallback in self._pm.handlers() and self.allow_dill and handler.name != fallback:
+                    try:
+                        fb = self._pm.handler(fallback)
+                        return fb, fb.dump(data, self._codec)
+                    except Exception:  # noqa: BLE001 - the original error is the one to report
+                        pass
+            t = type(data)
+            raise CacheSerializationError(
+                f"cannot serialise a value of type {t.__module__}.{t.__qualname__} for key "
+                f"{key!r} with handler {handler.name!r}: {exc}",
+                key=key,
+            ) from exc
+
+    def put(
+        self, data: Any, key: str | None = None, metadata: Mapping[str, Any] | None = None
+    ) -> str:
+        """Store ``data``; return its key (the content hash when none is given and the
+        store is content-addressable, else a generated id)."""
+        self._check_open()
+        if key is not None:
+            _check_key(key)
+        user_meta = _check_metadata(metadata, key)
+        handler, ser = self._serialize(data, key)
+        content_hash = hash_chunks(ser.chunks, self.hash_algorithm)
+        digest = split_hash(content_hash)[1]
+        if key is None:
+            key = digest if self.content_addressable else uuid.uuid4().hex
+        blob_key = digest if self.content_addressable else uuid.uuid4().hex
+        record = EntryRecord(
+            key=key,
+            blob_key=blob_key,
+            data_type=ser.data_type or handler.name,
+            handler=handler.name,
+            codec=ser.codec,
+            size=ser.nbytes,
+            content_hash=content_hash,
+            created_at=datetime.now(UTC),
+            info=dict(ser.info),
+            metadata=user_meta,
+        )
+        self._commit(record, lambda: self.blob_backend.put(blob_key, ser.chunks))
+        logger.debug("put %r (%s, %d bytes)", key, handler.name, record.size)
+        return key
+
+    def _commit(self, record: EntryRecord, write_blob: Any) -> None:
+        """Write the blob (unless deduplicated), then the entry, then free what it replaced."""
+        if self._signer is not None:
+            record.signature = self._signer.sign(record)
+        blobs, meta = self.blob_backend, self.metadata_backend
+        if not (self.content_addressable and blobs.exists(record.blob_key)):
+            write_blob()
+        with meta.write_lock():
+            # A concurrent delete (or gc) may have freed the blob between our
+            # write and this lock; under the lock nobody else can free it.
+            if not blobs.exists(record.blob_key):
+                write_blob()
+            old = meta.put(record)
+            if old is not None and old.blob_key != record.blob_key:
+                self._release(old.blob_key)
+
+    def _release(self, blob_key: str) -> None:
+        """Delete a blob no entry points at any more. Call under the write lock."""
+        if self.metadata_backend.count_refs(blob_key) == 0:
+            self.blob_backend.delete(blob_key)
+
+    def put_file(
+        self,
+        source: str | os.PathLike[str] | BinaryIO,
+        key: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Store a file's bytes, streaming: memory use does not grow with the file."""
+        self._check_open()
+        if key is not None:
+            _check_key(key)
+        user_meta = _check_metadata(metadata, key)
+        if isinstance(source, str | os.PathLike):
+            with open(source, "rb") as f:
+                return self._put_stream(f, key, user_meta)
+        if not hasattr(source, "read"):
+            raise CacheSerializationError(
+                f"put_file takes a path or a binary file, not {type(source).__name__}", key=key
+            )
+        return self._put_stream(source, key, user_meta)
+
+    def _put_stream(self, src: BinaryIO, key: str | None, user_meta: dict[str, Any]) -> str:
+        hasher = new_hasher(self.hash_algorithm)
+        size = 0
+        writer = self.blob_backend.writer()
+        try:
+            while True:
+                chunk = src.read(_STREAM_CHUNK)
+                if not chunk:
+                    break
+                if isinstance(chunk, str):
+                    raise CacheSerializationError(
+                        "put_file needs a binary file (opened with 'rb'), got text", key=key
+                    )
+                hasher.update(chunk)
+                writer.write(chunk)
+                size += len(chunk)
+            digest = hasher.hexdigest()
+            blob_key = digest if self.content_addressable else uuid.uuid4().hex
+            if self.content_addressable and self.blob_backend.exists(blob_key):
+                writer.abort()
+            else:
+                writer.commit(blob_key)
+        except BaseException:
+            writer.abort()
+            raise
+        if key is None:
+            key = digest if self.content_addressable else uuid.uuid4().hex
+        record = EntryRecord(
+            key=key,
+            blob_key=blob_key,
+            data_type="bytes",
+            handler="bytes",
+            codec="none",
+            size=size,
+            content_hash=f"{self.hash_algorithm}:{digest}",
+            created_at=datetime.now(UTC),
+            info={"kind": "bytes", "source": "file"},
+            metadata=user_meta,
+        )
+
+        def rewrite() -> None:
+            # Only reached when a concurrent delete freed the blob we just
+            # streamed; the source may not be re-readable, so say so.
+            raise CacheError(
+                f"the content of {key!r} was removed by a concurrent delete while it was "
+                "being stored; put the file again",
+                key=key,
+            )
+
+        self._commit(record, rewrite)
+        return key
+
+    def update_metadata(self, key: str, metadata: Mapping[str, Any]) -> bool:
+        """Merge ``metadata`` into the user metadata of ``key``; False when absent."""
+        self._check_open()
+        _check_key(key)
+        update = _check_metadata(metadata, key)
+        meta = self.metadata_backend
+        with meta.write_lock():
+            record = meta.get(key)
+            if record is None:
+                return False
+            if self._signer is not None and not self._signer.verify(record):
+                raise CacheIntegrityError(
+                    f"entry {key!r} has a bad signature; refusing to re-sign it", key=key
+                )
+            record.metadata = {**record.metadata, **update}
+            if self._signer is not None:
+                record.signature = self._signer.sign(record)
+            meta.put(record)
+        return True
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; its content is freed when no other key shares it."""
+        self._check_open()
+        _check_key(key)
+        meta = self.metadata_backend
+        with meta.write_lock():
+            old = meta.delete(key)
+            if old is None:
+                return False
+            self._release(old.blob_key)
+        logger.debug("deleted %r", key)
+        return True
+
+    # ------------------------------------------------------------------- reads
+
+    def exists(self, key: str) -> bool:
+        self._check_open()
+        _check_key(key)
+        return self.metadata_backend.get(key) is not None
+
+    def list(
+        self, prefix: str | None = None, metadata_filter: Mapping[str, Any] | None = None
+    ) -> list[str]:
+        """Keys (sorted) starting with ``prefix`` whose user metadata equals ``metadata_filter``."""
+        self._check_open()
+        return self.metadata_backend.list_keys(prefix, metadata_filter)
+
+    def _describe(self, record: EntryRecord) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "key": record.key,
+            "data_type": record.data_type,
+            "handler": record.handler,
+            "codec": record.codec,
+            "size": record.size,
+            "content_hash": record.content_hash,
+            "created_at": record.created_at,
+            "signature_valid": None if self._signer is None else self._signer.verify(record),
+            "metadata": record.metadata,
+        }
+        if record.signature is not None:
+            out["signature"] = record.signature
+        return out
+
+    def get_metadata(self, key: str) -> dict[str, Any] | None:
+        """System fields and user metadata (under ``"metadata"``), without loading the value."""
+        self._check_open()
+        _check_key(key)
+        record = self.metadata_backend.get(key)
+        return None if record is None else self._describe(record)
+
+    def get(self, key: str, default: Any = None, *, strict_verification: bool = True) -> Any:
+        """The value stored under ``key``, or ``default`` when absent.
+
+        Raises :class:`CacheIntegrityError` when the content is corrupt or
+        missing, or the signature is bad (unless ``strict_verification=False``
+        and signatures are not required: then the value comes back with a WARNING).
+        """
+        self._check_open()
+        _check_key(key)
+        record = self.metadata_backend.get(key)
+        if record is None:
+            return default
+        value, _ = self._load(record, strict_verification)
+        return value
+
+    def get_with_metadata(
+        self, key: str, *, strict_verification: bool = True
+    ) -> tuple[Any, dict[str, Any]] | None:
+        """``(value, metadata)`` for ``key``, or None when absent."""
+        self._check_open()
+        _check_key(key)
+        record = self.metadata_backend.get(key)
+        if record is None:
+            return None
+        value, signature_valid = self._load(record, strict_verification)
+        meta = self._describe(record)
+        meta["signature_valid"] = signature_valid
+        return value, meta
+
+    def _check_signature(self, record: EntryRecord, strict: bool) -> bool | None:
+        if self._signer is None:
+            return None
+        if self._signer.verify(record):
+            return True
+        what = "is unsigned" if not record.signature else "has a bad signature"
+        if self.require_signatures or strict:
+            raise CacheIntegrityError(
+                f"entry {record.key!r} {what}; it was not loaded. If the store was written "
+                "with another signing key, re-open it with that key",
+                key=record.key,
+            )
+        logger.warning(
+            "entry %r %s; returning it because strict_verification=False", record.key, what
+        )
+        return False
+
+    def _load(self, record: EntryRecord, strict: bool) -> tuple[Any, bool | None]:
+        signature_valid = self._check_signature(record, strict)
+        handler = self._pm.handler(record.handler)
+        codec = self._pm.codec(record.codec)
+        if handler.name == "dill" and not self.allow_dill:
+            raise CacheIntegrityError(
+                f"entry {record.key!r} was stored with dill, which this store does not load "
+                "(allow_dill=False or require_signatures=True)",
+                key=record.key,
+            )
+        algorithm = split_hash(record.content_hash)[0]
+        verify = self.verify_on_read
+        try:
+            if record.size <= _SMALL_BLOB or not handler.safe:
+                # Whole blob first: code-running handlers must never see bytes
+                # whose hash has not been checked.
+                data = self.blob_backend.get(record.blob_key)
+                if verify:
+                    self._check_hash(record, hash_chunks([data], algorithm))
+                return handler.load(io.BytesIO(data), record.info, codec), signature_valid
+            raw = self.blob_backend.open_read(record.blob_key)
+            reader = HashingReader(raw, algorithm)
+            try:
+                value = handler.load(reader, record.info, codec)  # type: ignore[arg-type]
+                reader.drain()
+            finally:
+                reader.close()
+            if verify:
+                self._check_hash(record, reader.content_hash())
+            return value, signature_valid
+        except BlobNotFoundError as exc:
+            raise CacheIntegrityError(
+                f"the content of {record.key!r} is missing from the blob backend; "
+                "run verify(repair=True) to drop such entries",
+                key=record.key,
+            ) from exc
+        except CacheError:
+            raise
+        except Exception as exc:
+            raise CacheIntegrityError(
+                f"entry {record.key!r} could not be decoded by handler {record.handler!r} "
+                f"with codec {record.codec!r}: {exc}",
+                key=record.key,
+            ) from exc
+
+    def _check_hash(self, record: EntryRecord, actual: str) -> None:
+        if actual != record.content_hash:
+            raise CacheIntegrityError(
+                f"the content of {record.key!r} does not match its hash (stored "
+                f"{record.content_hash}, read {actual}); it is corrupt and was not returned",
+                key=record.key,
+            )
+
+    def open(self, key: str) -> BinaryIO:
+        """A binary file over the stored bytes of ``key`` (what ``put_file`` took in).
+
+        Raw entries stream from the backend; the hash is checked when the
+        reader reaches the end, raising :class:`CacheIntegrityError` on a mismatch.
+        """
+        self._check_open()
+        _check_key(key)
+        record = self.metadata_backend.get(key)
+        if record is None:
+            raise CacheKeyError(f"no entry {key!r}", key=key)
+        self._check_signature(record, True)
+        try:
+            raw = self.blob_backend.open_read(record.blob_key)
+        except BlobNotFoundError as exc:
+            raise CacheIntegrityError(f"the content of {key!r} is missing", key=key) from exc
+        if record.codec != "none":
+            with raw:
+                data = self._pm.codec(record.codec).decode(raw.read())
+            return io.BytesIO(data)
+        return _VerifyingReader(raw, record, self.verify_on_read)  # type: ignore[return-value]
+
+    # ------------------------------------------------------------ maintenance
+
+    def verify(self, key: str | None = None, repair: bool = False) -> VerifyReport:
+        """Audit content hashes, presence, orphans and signatures; ``repair`` drops what fails."""
+        self._check_open()
+        report = VerifyReport()
+        if key is not None:
+            _check_key(key)
+            record = self.metadata_backend.get(key)
+            records = [] if record is None else [record]
+        else:
+            records = list(self.metadata_backend.iter_records())
+        for record in records:
+            report.checked += 1
+            problem: list[str] | None = None
+            if self._signer is not None and not self._signer.verify(record):
+                problem = report.bad_signature
+            else:
+                try:
+                    with self.blob_backend.open_read(record.blob_key) as raw:
+                        reader = HashingReader(raw, split_hash(record.content_hash)[0])
+                        reader.drain()
+                    if reader.content_hash() != record.content_hash:
+                        problem = report.corrupt
+                except BlobNotFoundError:
+                    problem = report.missing
+            if problem is not None:
+                problem.append(record.key)
+                if repair:
+                    self._drop_entry(record)
+                    report.repaired.append(record.key)
+        if key is None:
+            referenced = self.metadata_backend.blob_keys()
+            for blob_key in self.blob_backend.iter_keys():
+                if blob_key not in referenced:
+                    report.orphaned.append(blob_key)
+                    if repair and self._free_orphan(blob_key) is not None:
+                        report.repaired.append(blob_key)
+        if not report.ok:
+            logger.warning(
+                "verify found %d corrupt, %d missing, %d orphaned, %d badly signed",
+                len(report.corrupt),
+                len(report.missing),
+                len(report.orphaned),
+                len(report.bad_signature),
+            )
+        return report
+
+    def _drop_entry(self, record: EntryRecord) -> None:
+        with self.metadata_backend.write_lock():
+            current = self.metadata_backend.get(record.key)
+            if current is not None and current.blob_key == record.blob_key:
+                self.metadata_backend.delete(record.key)
+                if self.metadata_backend.count_refs(record.blob_key) == 0:
+                    self.blob_backend.delete(record.blob_key)
+
+    def _free_orphan(self, blob_key: str) -> int | None:
+        with self.metadata_backend.write_lock():
+            if self.metadata_backend.count_refs(blob_key):
+                return None
+            try:
+                size = self.blob_backend.size(blob_key)
+            except BlobNotFoundError:
+                return None
+            self.blob_backend.delete(blob_key)
+            return size
+
+    def gc(self) -> int:
+        """Free content no key references (and stale temp files); return the bytes freed."""
+        self._check_open()
+        freed = 0
+        referenced = self.metadata_backend.blob_keys()
+        for blob_key in list(self.blob_backend.iter_keys()):
+            if blob_key not in referenced:
+                freed += self._free_orphan(blob_key) or 0
+        temp_files = getattr(self.blob_backend, "temp_files", None)
+        if temp_files is not None:
+            cutoff = time.time() - _TEMP_GRACE_S
+            for path in temp_files():
+                try:
+                    st = path.stat()
+                    if st.st_mtime < cutoff:
+                        path.unlink()
+                        freed += st.st_size
+                except FileNotFoundError:
+                    pass
+        if freed:
+            logger.info("gc freed %d bytes", freed)
+        return freed
+
+    # -------------------------------------------------------------- lifecycle
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CacheError("this BlobStore is closed; open a new one")
+
+    def close(self) -> None:
+        """Release every connection and handle. Idempotent."""
+        if getattr(self, "_closed", True):
+            return
+        self._closed = True
+        try:
+            self.metadata_backend.close()
+        finally:
+            self.blob_backend.close()
+
+    def __enter__(self) -> BlobStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"BlobStore({str(self.root)!r}, backend={self.metadata_backend.name!r}, "
+            f"blob_backend={self.blob_backend.name!r})"
+        )
+
+
+class _VerifyingReader(io.RawIOBase):
+    """Streams a raw blob and checks its hash when the end is reached."""
+
+    def __init__(self, raw: BinaryIO, record: EntryRecord, verify: bool) -> None:
+        super().__init__()
+        self._reader = HashingReader(raw, split_hash(record.content_hash)[0])
+        self._record = record
+        self._verify = verify
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._reader.readinto(buffer)
+        if n == 0 and not self._done:
+            self._done = True
+            if self._verify and self._reader.content_hash() != self._record.content_hash:
+                raise CacheIntegrityError(
+                    f"the content of {self._record.key!r} does not match its hash; "
+                    "the bytes read from this file are corrupt",
+                    key=self._record.key,
+                )
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._reader.close()
+        super().close()

@@ -1,0 +1,204 @@
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO, ClassVar
+from urllib.parse import unquote, urlparse
+
+from cacheness.storage.abc import BlobBackend, BlobWriter, Buffer, chunks_of
+from cacheness.storage.errors import BlobNotFoundError, CacheKeyError, CacheStorageError
+
+__all__ = ["FilesystemBlobBackend"]
+
+_SAFE = frozenset("0123456789abcdefghijklmnopqrstuvwxyz._-")
+_COPY_CHUNK = 8 * 1024 * 1024
+
+
+def _storage_error(exc: OSError, action: str, key: str | None, root: Path) -> CacheStorageError:
+    if exc.errno == errno.ENOSPC:
+        hint = "the disk is full; free space or point the store at a larger volume"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = f"check that {root} is writable by this process"
+    else:
+        hint = f"check that {root} exists and is reachable"
+    return CacheStorageError(
+        f"could not {action} blob {key!r}: {exc.strerror}; {hint}", key=key, backend="filesystem"
+    )
+
+
+class _FileWriter(BlobWriter):
+    def __init__(self, backend: FilesystemBlobBackend) -> None:
+        self._backend = backend
+        fd, name = backend._mkstemp()
+        self._path: str | None = name
+        self._file: BinaryIO | None = os.fdopen(fd, "wb")
+
+    def write(self, data: Buffer) -> None:
+        assert self._file is not None, "writer already finished"
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            self.abort()
+            raise _storage_error(exc, "write", None, self._backend.root) from exc
+
+    def commit(self, key: str) -> None:
+        assert self._file is not None and self._path is not None, "writer already finished"
+        try:
+            self._file.close()
+            self._file = None
+            self._backend._publish(self._path, key)
+            self._path = None
+        except OSError as exc:
+            raise _storage_error(exc, "write", key, self._backend.root) from exc
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._path is not None:
+            try:
+                os.unlink(self._path)
+            except FileNotFoundError:
+                pass
+            self._path = None
+
+
+class FilesystemBlobBackend(BlobBackend):
+    """Blobs as files under ``root/blobs/ab/cd/<key>``.
+
+    Writes go to ``root/tmp`` and are renamed into place with ``os.replace``,
+    so a reader (or a crash) never sees a partial blob under a real name.
+    """
+
+    name: ClassVar[str] = "file"
+    schemes: ClassVar[tuple[str, ...]] = ("file",)
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).absolute()
+        self._blobs = self.root / "blobs"
+        self._tmp = self.root / "tmp"
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> FilesystemBlobBackend:
+        parsed = urlparse(url)
+        return cls(unquote(parsed.netloc + parsed.path), **options)
+
+    def path_for(self, key: str) -> Path:
+        if not key or not _SAFE.issuperset(key) or key in (".", ".."):
+            raise CacheKeyError(
+                f"blob key {key!r} is not a valid blob name", key=key, backend=self.name
+            )
+        return self._blobs / key[:2] / key[2:4] / key
+
+    def _mkstemp(self) -> tuple[int, str]:
+        try:
+            return tempfile.mkstemp(dir=self._tmp, prefix="w-")
+        except FileNotFoundError:
+            # First write, or the directory vanished under us: recreate it.
+            self._tmp.mkdir(parents=True, exist_ok=True)
+            return tempfile.mkstemp(dir=self._tmp, prefix="w-")
+
+    def _publish(self, tmp: str, key: str) -> None:
+        dest = self.path_for(key)
+        try:
+            os.replace(tmp, dest)
+        except FileNotFoundError:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, dest)
+
+    def put(self, key: str, data: Buffer | Sequence[Buffer]) -> None:
+        self.path_for(key)
+        try:
+            fd, tmp = self._mkstemp()
+        except OSError as exc:
+            raise _storage_error(exc, "write", key, self.root) from exc
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in chunks_of(data):
+                    f.write(chunk)
+            self._publish(tmp, key)
+        except OSError as exc:
+            _unlink_quiet(tmp)
+            raise _storage_error(exc, "write", key, self.root) from exc
+        except BaseException:
+            _unlink_quiet(tmp)
+            raise
+
+    def put_file(self, key: str, src: BinaryIO) -> None:
+        with self.writer() as w:
+            while chunk := src.read(_COPY_CHUNK):
+                w.write(chunk)
+            w.commit(key)
+
+    def writer(self) -> BlobWriter:
+        try:
+            return _FileWriter(self)
+        except OSError as exc:
+            raise _storage_error(exc, "write", None, self.root) from exc
+
+    def get(self, key: str) -> bytes:
+        path = self.path_for(key)
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise BlobNotFoundError(
+                f"blob {key!r} is missing from {self._blobs}", key=key, backend=self.name
+            ) from None
+        except OSError as exc:
+            raise _storage_error(exc, "read", key, self.root) from exc
+
+    def open_read(self, key: str) -> BinaryIO:
+        path = self.path_for(key)
+        try:
+            return open(path, "rb")
+        except FileNotFoundError:
+            raise BlobNotFoundError(
+                f"blob {key!r} is missing from {self._blobs}", key=key, backend=self.name
+            ) from None
+        except OSError as exc:
+            raise _storage_error(exc, "read", key, self.root) from exc
+
+    def size(self, key: str) -> int:
+        try:
+            return self.path_for(key).stat().st_size
+        except FileNotFoundError:
+            raise BlobNotFoundError(
+                f"blob {key!r} is missing", key=key, backend=self.name
+            ) from None
+
+    def exists(self, key: str) -> bool:
+        return self.path_for(key).is_file()
+
+    def delete(self, key: str) -> bool:
+        try:
+            os.unlink(self.path_for(key))
+            return True
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise _storage_error(exc, "delete", key, self.root) from exc
+
+    def iter_keys(self, prefix: str = "") -> Iterator[str]:
+        if not self._blobs.is_dir():
+            return
+        for dirpath, _dirnames, filenames in os.walk(self._blobs):
+            for name in filenames:
+                if name.startswith(prefix):
+                    yield name
+
+    def temp_files(self) -> list[Path]:
+        """Leftover temporary files (from killed writers); ``gc`` removes old ones."""
+        return sorted(self._tmp.glob("w-*")) if self._tmp.is_dir() else []
+
+
+def _unlink_quiet(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,197 @@
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from cacheness.storage.abc import EntryRecord, MetadataBackend
+from cacheness.storage.backends._memory import matches_filter
+from cacheness.storage.backends._rows import (
+    COLUMNS,
+    prefix_upper_bound,
+    record_to_row,
+    row_to_record,
+)
+from cacheness.storage.errors import CacheBackendError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine, Table
+
+__all__ = ["SqlAlchemyMetadataBackend"]
+
+
+def _tables(metadata: Any) -> tuple[Table, Table]:
+    from sqlalchemy import BigInteger, Column, Integer, String, Table, Text
+
+    entries = Table(
+        "cacheness_entries",
+        metadata,
+        Column("key", String(1024), primary_key=True),
+        Column("blob_key", String(200), nullable=False, index=True),
+        Column("data_type", String(300), nullable=False),
+        Column("handler", String(100), nullable=False),
+        Column("codec", String(100), nullable=False),
+        Column("size", BigInteger, nullable=False),
+        Column("content_hash", String(200), nullable=False),
+        Column("created_us", BigInteger, nullable=False),
+        Column("info", Text, nullable=False),
+        Column("metadata", Text, nullable=False),
+        Column("signature", String(200)),
+    )
+    lock = Table(
+        "cacheness_lock", metadata, Column("id", Integer, primary_key=True), Column("n", BigInteger)
+    )
+    return entries, lock
+
+
+class SqlAlchemyMetadataBackend(MetadataBackend):
+    """Entries in any database SQLAlchemy reaches (PostgreSQL for teams).
+
+    ``write_lock`` takes a row lock on a one-row table inside a transaction:
+    portable across dialects, and it serialises exactly the check-then-act
+    steps of put/delete that decide whether a blob is still referenced.
+    """
+
+    name: ClassVar[str] = "sqlalchemy"
+    schemes: ClassVar[tuple[str, ...]] = (
+        "postgresql",
+        "mysql",
+        "mariadb",
+        "duckdb",
+        "mssql",
+        "oracle",
+    )
+
+    def __init__(self, engine: Engine | str, **engine_options: Any) -> None:
+        import sqlalchemy as sa
+
+        try:
+            self.engine = (
+                sa.create_engine(engine, **engine_options) if isinstance(engine, str) else engine
+            )
+        except (ImportError, sa.exc.ArgumentError) as exc:
+            url = engine if isinstance(engine, str) else str(engine.url)
+            hint = " (pip install 'cacheness-storage[postgres]')" if "postgres" in url else ""
+            raise CacheBackendError(
+                f"cannot create an engine for {url!r}: {exc}{hint}", backend=self.name
+            ) from exc
+        self._owns_engine = isinstance(engine, str)
+        self._sa = sa
+        self._md = sa.MetaData()
+        self.entries, self._lock_table = _tables(self._md)
+        self._local = threading.local()
+        try:
+            self._md.create_all(self.engine)
+            with self.engine.begin() as conn:
+                if conn.execute(sa.select(self._lock_table.c.id)).first() is None:
+                    conn.execute(self._lock_table.insert().values(id=1, n=0))
+        except sa.exc.IntegrityError:
+            pass  # another process inserted the lock row first
+        except sa.exc.SQLAlchemyError as exc:
+            raise CacheBackendError(
+                f"cannot prepare tables at {self.engine.url!r}: {exc}", backend=self.name
+            ) from exc
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> SqlAlchemyMetadataBackend:
+        return cls(url, **options)
+
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        conn: Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            yield conn
+            return
+        try:
+            with self.engine.begin() as conn:
+                self._local.conn = conn
+                try:
+                    yield conn
+                finally:
+                    self._local.conn = None
+        except self._sa.exc.SQLAlchemyError as exc:
+            raise CacheBackendError(f"{self.engine.url!r}: {exc}", backend=self.name) from exc
+
+    @contextmanager
+    def _locked(self) -> Iterator[Connection]:
+        with self._begin() as conn:
+            if not getattr(self._local, "locked", False):
+                t = self._lock_table
+                conn.execute(t.update().where(t.c.id == 1).values(n=t.c.n + 1))
+                self._local.locked = True
+                try:
+                    yield conn
+                finally:
+                    self._local.locked = False
+            else:
+                yield conn
+
+    def write_lock(self) -> Any:
+        return self._locked()
+
+    def _row(self, conn: Connection, key: str) -> Any:
+        e = self.entries
+        return conn.execute(
+            self._sa.select(*[e.c[c] for c in COLUMNS]).where(e.c.key == key)
+        ).first()
+
+    def get(self, key: str) -> EntryRecord | None:
+        with self._begin() as conn:
+            row = self._row(conn, key)
+        return None if row is None else row_to_record(row)
+
+    def put(self, record: EntryRecord) -> EntryRecord | None:
+        values = dict(zip(COLUMNS, record_to_row(record), strict=True))
+        with self._locked() as conn:
+            row = self._row(conn, record.key)
+            if row is None:
+                conn.execute(self.entries.insert().values(**values))
+            else:
+                conn.execute(
+                    self.entries.update().where(self.entries.c.key == record.key).values(**values)
+                )
+        return None if row is None else row_to_record(row)
+
+    def delete(self, key: str) -> EntryRecord | None:
+        with self._locked() as conn:
+            row = self._row(conn, key)
+            if row is not None:
+                conn.execute(self.entries.delete().where(self.entries.c.key == key))
+        return None if row is None else row_to_record(row)
+
+    def list_keys(
+        self, prefix: str | None = None, metadata_filter: Mapping[str, Any] | None = None
+    ) -> list[str]:
+        e = self.entries
+        q = self._sa.select(e.c.key, e.c.metadata).order_by(e.c.key)
+        if prefix:
+            q = q.where(e.c.key >= prefix)
+            upper = prefix_upper_bound(prefix)
+            if upper is not None:
+                q = q.where(e.c.key < upper)
+        with self._begin() as conn:
+            rows = conn.execute(q).all()
+        if not metadata_filter:
+            return [r[0] for r in rows]
+        import json
+
+        return [r[0] for r in rows if matches_filter(json.loads(r[1]), metadata_filter)]
+
+    def count_refs(self, blob_key: str) -> int:
+        e = self.entries
+        with self._begin() as conn:
+            n = conn.execute(
+                self._sa.select(self._sa.func.count()).where(e.c.blob_key == blob_key)
+            ).scalar_one()
+        return int(n)
+
+    def iter_records(self) -> Iterator[EntryRecord]:
+        e = self.entries
+        with self._begin() as conn:
+            rows = conn.execute(self._sa.select(*[e.c[c] for c in COLUMNS]).order_by(e.c.key)).all()
+        return (row_to_record(r) for r in rows)
+
+    def close(self) -> None:
+        if self._owns_engine:
+            self.engine.dispose()

@@ -1,0 +1,250 @@
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import unquote, urlparse
+
+from cacheness.storage.abc import EntryRecord, MetadataBackend
+from cacheness.storage.backends._memory import matches_filter
+from cacheness.storage.backends._rows import (
+    COLUMNS,
+    prefix_upper_bound,
+    record_to_row,
+    row_to_record,
+)
+from cacheness.storage.errors import CacheBackendError
+
+__all__ = ["SqliteMetadataBackend"]
+
+logger = logging.getLogger(__name__)
+
+_SELECT = f"SELECT {', '.join(COLUMNS)} FROM entries"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    key TEXT PRIMARY KEY NOT NULL,
+    blob_key TEXT NOT NULL,
+    data_type TEXT NOT NULL,
+    handler TEXT NOT NULL,
+    codec TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    content_hash TEXT NOT NULL,
+    created_us INTEGER NOT NULL,
+    info TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    signature TEXT
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entries_blob_key ON entries (blob_key);
+"""
+# SQLite's own busy handler waits this long for a lock; BEGIN IMMEDIATE is
+# retried on top of it, because under WAL a writer can still get SQLITE_BUSY
+# without waiting (for example while a checkpoint runs).
+_BUSY_TIMEOUT_S = 30.0
+_LOCK_RETRIES = 20
+
+
+class SqliteMetadataBackend(MetadataBackend):
+    """Entries in a SQLite file in WAL mode, one connection per thread.
+
+    Uses the ``sqlite3`` module directly: a primary-key lookup costs a few
+    microseconds there against ~18 µs through SQLAlchemy Core, and the small
+    ``get`` is the hot path.
+    """
+
+    name: ClassVar[str] = "sqlite"
+    schemes: ClassVar[tuple[str, ...]] = ("sqlite",)
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path).absolute()
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        self._closed = False
+        self._pid = os.getpid()
+        try:
+            self._conn().executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise CacheBackendError(
+                f"cannot create tables in {self.path}: {exc}", backend=self.name
+            ) from exc
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> SqliteMetadataBackend:
+        parsed = urlparse(url)
+        # sqlite:///relative/x.db and sqlite:////abs/x.db, as SQLAlchemy spells them.
+        path = unquote(parsed.path[1:] if parsed.path.startswith("/") else parsed.path)
+        if not path or path == ":memory:":
+            raise CacheBackendError(
+                f"{url!r} names no database file; use backend='memory' for an in-memory store",
+                backend=cls.name,
+            )
+        return cls(path, **options)
+
+    # ------------------------------------------------------------ connections
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and self._pid == os.getpid():
+            return conn
+        if self._closed:
+            raise CacheBackendError(f"metadata database {self.path} is closed", backend=self.name)
+        if self._pid != os.getpid():
+            # A forked child must not share its parent's connections.
+            self._pid = os.getpid()
+            self._all = []
+            self._all_lock = threading.Lock()
+            self._local = threading.local()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.Error as exc:
+            raise CacheBackendError(
+                f"cannot open metadata database {self.path}: {exc}", backend=self.name
+            ) from exc
+        self._local.conn = conn
+        self._local.depth = 0
+        with self._all_lock:
+            self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        depth: int = self._local.depth
+        if depth:
+            self._local.depth = depth + 1
+            try:
+                yield conn
+            finally:
+                self._local.depth = depth
+            return
+        for attempt in range(_LOCK_RETRIES):
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise CacheBackendError(f"{self.path}: {exc}", backend=self.name) from exc
+                if attempt == _LOCK_RETRIES - 1:
+                    raise CacheBackendError(
+                        f"{self.path} stayed locked by another process for too long; "
+                        "is a process stuck holding a write transaction?",
+                        backend=self.name,
+                    ) from exc
+                time.sleep(0.01 * (attempt + 1))
+        self._local.depth = 1
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+        finally:
+            self._local.depth = 0
+
+    def write_lock(self) -> Any:
+        return self._transaction()
+
+    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        try:
+            return self._conn().execute(sql, params)
+        except sqlite3.Error as exc:
+            raise CacheBackendError(f"{self.path}: {exc}", backend=self.name) from exc
+
+    # --------------------------------------------------------------- queries
+
+    def get(self, key: str) -> EntryRecord | None:
+        row = self._execute(_SELECT + " WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row_to_record(row)
+
+    def put(self, record: EntryRecord) -> EntryRecord | None:
+        try:
+            with self._transaction() as conn:
+                row = conn.execute(_SELECT + " WHERE key = ?", (record.key,)).fetchone()
+                conn.execute(
+                    f"INSERT OR REPLACE INTO entries ({', '.join(COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * len(COLUMNS))})",
+                    record_to_row(record),
+                )
+        except sqlite3.Error as exc:
+            raise CacheBackendError(
+                f"{self.path}: {exc}", key=record.key, backend=self.name
+            ) from exc
+        return None if row is None else row_to_record(row)
+
+    def delete(self, key: str) -> EntryRecord | None:
+        try:
+            with self._transaction() as conn:
+                row = conn.execute(_SELECT + " WHERE key = ?", (key,)).fetchone()
+                if row is not None:
+                    conn.execute("DELETE FROM entries WHERE key = ?", (key,))
+        except sqlite3.Error as exc:
+            raise CacheBackendError(f"{self.path}: {exc}", key=key, backend=self.name) from exc
+        return None if row is None else row_to_record(row)
+
+    def update_metadata(self, key: str, metadata: Mapping[str, Any]) -> EntryRecord | None:
+        return super().update_metadata(key, metadata)
+
+    def list_keys(
+        self, prefix: str | None = None, metadata_filter: Mapping[str, Any] | None = None
+    ) -> list[str]:
+        where: list[str] = []
+        params: list[Any] = []
+        if prefix:
+            where.append("key >= ?")
+            params.append(prefix)
+            upper = prefix_upper_bound(prefix)
+            if upper is not None:
+                where.append("key < ?")
+                params.append(upper)
+        for name, value in (metadata_filter or {}).items():
+            if isinstance(value, str | int | float) and not isinstance(value, bool):
+                # Narrow in SQL; the exact, type-aware comparison happens below.
+                where.append("json_extract(metadata, ?) = ?")
+                params.extend([_json_path(name), value])
+        sql = "SELECT key, metadata FROM entries"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY key"
+        rows = self._execute(sql, tuple(params)).fetchall()
+        if not metadata_filter:
+            return [r[0] for r in rows]
+        import json
+
+        return [r[0] for r in rows if matches_filter(json.loads(r[1]), metadata_filter)]
+
+    def count_refs(self, blob_key: str) -> int:
+        row = self._execute(
+            "SELECT COUNT(*) FROM entries WHERE blob_key = ?", (blob_key,)
+        ).fetchone()
+        return int(row[0])
+
+    def iter_records(self) -> Iterator[EntryRecord]:
+        rows = self._execute(_SELECT + " ORDER BY key").fetchall()
+        return (row_to_record(r) for r in rows)
+
+    def blob_keys(self) -> set[str]:
+        return {r[0] for r in self._execute("SELECT DISTINCT blob_key FROM entries").fetchall()}
+
+    def close(self) -> None:
+        self._closed = True
+        with self._all_lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()
+
+
+def _json_path(name: str) -> str:
+    return '$."' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
