@@ -187,7 +187,7 @@ class FilesystemBlobBackend(BlobBackend):
     def iter_keys(self, prefix: str = "") -> Iterator[str]:
         if not self._blobs.is_dir():
             return
-        for dirpath, _dirnames, filenames in os.walk(self._blobs):
+        for _dirpath, _dirnames, filenames in os.walk(self._blobs):
             for name in filenames:
                 if name.startswith(prefix):
                     yield name
