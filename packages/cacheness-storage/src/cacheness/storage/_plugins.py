@@ -71,7 +71,7 @@ class PluginManager(pluggy.PluginManager):
         if os.environ.get("CACHENESS_TRACE_PLUGINS"):
             self.trace.root.setwriter(lambda msg: logger.debug("%s", msg.rstrip()))
             self.enable_tracing()
-        self.check_pending()
+        self._check()
         self._registries: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._handler_cache: dict[type, TypeHandler] = {}
@@ -84,10 +84,20 @@ class PluginManager(pluggy.PluginManager):
         for name in [n.strip() for n in only.split(",") if n.strip()]:
             self.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
 
+    def _check(self) -> None:
+        try:
+            self.check_pending()
+        except pluggy.PluginValidationError as exc:
+            self.unregister(exc.plugin)
+            raise CachePluginError(
+                f"plugin {exc.plugin!r} implements a hook cacheness does not define: {exc}; "
+                "check the spelling against cacheness.storage.hookspecs"
+            ) from exc
+
     def register_module(self, module: ModuleType | object, name: str | None = None) -> None:
         """Register hookimpls in-process (tests, notebooks) and rebuild the registries."""
         self.register(module, name=name)
-        self.check_pending()
+        self._check()
         self._registries.clear()
         self._handler_cache.clear()
 
