@@ -4,10 +4,15 @@ from cacheness.storage.abc import BlobBackend, MetadataBackend
 from cacheness.storage.backends._filesystem import FilesystemBlobBackend
 from cacheness.storage.backends._json import JsonMetadataBackend
 from cacheness.storage.backends._memory import MemoryBlobBackend, MemoryMetadataBackend
+from cacheness.storage.backends._s3 import S3BlobBackend
 from cacheness.storage.backends._sqlalchemy import SqlAlchemyMetadataBackend
 from cacheness.storage.backends._sqlite import SqliteMetadataBackend
 
-BUILTIN_BLOB_BACKENDS: list[type[BlobBackend]] = [FilesystemBlobBackend, MemoryBlobBackend]
+BUILTIN_BLOB_BACKENDS: list[type[BlobBackend]] = [
+    FilesystemBlobBackend,
+    MemoryBlobBackend,
+    S3BlobBackend,
+]
 BUILTIN_METADATA_BACKENDS: list[type[MetadataBackend]] = [
     JsonMetadataBackend,
     MemoryMetadataBackend,
