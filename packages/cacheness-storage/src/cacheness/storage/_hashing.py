@@ -27,7 +27,7 @@ def new_hasher(algorithm: str) -> Hasher:
     if algorithm == "xxh3_128":
         import xxhash
 
-        return xxhash.xxh3_128()  # type: ignore[no-any-return]
+        return xxhash.xxh3_128()
     if algorithm == "sha256":
         return hashlib.sha256()
     raise CacheConfigError(

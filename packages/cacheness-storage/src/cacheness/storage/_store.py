@@ -24,6 +24,7 @@ from cacheness.storage.errors import (
     CacheIntegrityError,
     CacheKeyError,
     CacheSerializationError,
+    CacheStorageError,
 )
 from cacheness.storage.security._signing import Signer, check_signed_fields, load_signing_key
 
@@ -62,6 +63,14 @@ def _check_key(key: object) -> str:
         raise CacheKeyError("a key must not be empty")
     if "\x00" in key:
         raise CacheKeyError(f"key {key!r} contains a NUL character", key=key)
+    if not key.isascii():
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            # Lone surrogates cannot be stored as text by SQLite, PostgreSQL or JSON.
+            raise CacheKeyError(
+                f"key {key!r} is not valid Unicode (it holds a lone surrogate)", key=key
+            ) from None
     return key
 
 
@@ -179,7 +188,7 @@ class BlobStore:
         cls = self._pm.lookup(kind, spec)
         return self._from_directory(cls, kind, opts)
 
-    def _from_directory(self, cls: type, kind: str, opts: dict[str, Any]) -> Any:
+    def _from_directory(self, cls: Any, kind: str, opts: dict[str, Any]) -> Any:
         needs_dir = {"sqlite": "metadata.sqlite", "json": "metadata.json"}
         from cacheness.storage.backends import FilesystemBlobBackend
 
@@ -269,26 +278,64 @@ class BlobStore:
         logger.debug("put %r (%s, %d bytes)", key, handler.name, record.size)
         return key
 
+    def _blob_intact(self, blob_key: str, size: int) -> bool:
+        """True when a blob of the expected size is stored (a cheap check before reusing it)."""
+        try:
+            return self.blob_backend.size(blob_key) == size
+        except BlobNotFoundError:
+            return False
+
     def _commit(self, record: EntryRecord, write_blob: Any) -> None:
-        """Write the blob (unless deduplicated), then the entry, then free what it replaced."""
+        """Write the blob (unless deduplicated), commit the entry, then free what it replaced.
+
+        The blob a replaced entry pointed at is deleted only after the new
+        entry is committed, in a second critical section: were it unlinked
+        inside the metadata transaction, a crash before COMMIT would roll the
+        old entry back while its blob is already gone.
+        """
         if self._signer is not None:
             record.signature = self._signer.sign(record)
         blobs, meta = self.blob_backend, self.metadata_backend
-        if not (self.content_addressable and blobs.exists(record.blob_key)):
+        wrote = False
+        # Reusing stored content needs it to be whole: a blob truncated behind
+        # our back is rewritten rather than shared.
+        if not (self.content_addressable and self._blob_intact(record.blob_key, record.size)):
             write_blob()
-        with meta.write_lock():
-            # A concurrent delete (or gc) may have freed the blob between our
-            # write and this lock; under the lock nobody else can free it.
-            if not blobs.exists(record.blob_key):
-                write_blob()
-            old = meta.put(record)
-            if old is not None and old.blob_key != record.blob_key:
-                self._release(old.blob_key)
+            wrote = True
+        try:
+            with meta.write_lock():
+                # A concurrent delete (or gc) may have freed the blob between our
+                # write and this lock; under the lock nobody else can free it.
+                if not blobs.exists(record.blob_key):
+                    write_blob()
+                    wrote = True
+                old = meta.put(record)
+        except BaseException:
+            if wrote:
+                self._release_quietly(record.blob_key, record.key)
+            raise
+        if old is not None and old.blob_key != record.blob_key:
+            self._release(old.blob_key)
 
     def _release(self, blob_key: str) -> None:
-        """Delete a blob no entry points at any more. Call under the write lock."""
-        if self.metadata_backend.count_refs(blob_key) == 0:
-            self.blob_backend.delete(blob_key)
+        """Delete a blob when no entry points at it (in its own critical section)."""
+        with self.metadata_backend.write_lock():
+            if self.metadata_backend.count_refs(blob_key) == 0:
+                self.blob_backend.delete(blob_key)
+
+    def _release_quietly(self, blob_key: str, key: str) -> None:
+        """After a failed put: free the blob it wrote, if nothing else uses it."""
+        try:
+            self._release(blob_key)
+        except CacheError as exc:
+            # The put's own error is the one to report; the orphan is harmless
+            # and gc() frees it.
+            logger.warning(
+                "could not remove the content written for %r after its put failed (%s); "
+                "gc() will free it",
+                key,
+                exc,
+            )
 
     def put_file(
         self,
@@ -328,7 +375,7 @@ class BlobStore:
                 size += len(chunk)
             digest = hasher.hexdigest()
             blob_key = digest if self.content_addressable else uuid.uuid4().hex
-            if self.content_addressable and self.blob_backend.exists(blob_key):
+            if self.content_addressable and self._blob_intact(blob_key, size):
                 writer.abort()
             else:
                 writer.commit(blob_key)
@@ -353,9 +400,9 @@ class BlobStore:
         def rewrite() -> None:
             # Only reached when a concurrent delete freed the blob we just
             # streamed; the source may not be re-readable, so say so.
-            raise CacheError(
-                f"the content of {key!r} was removed by a concurrent delete while it was "
-                "being stored; put the file again",
+            raise CacheStorageError(
+                f"the content of {key!r} was removed by a concurrent delete or gc() while it "
+                "was being stored; put the file again",
                 key=key,
             )
 
@@ -386,12 +433,11 @@ class BlobStore:
         """Remove ``key``; its content is freed when no other key shares it."""
         self._check_open()
         _check_key(key)
-        meta = self.metadata_backend
-        with meta.write_lock():
-            old = meta.delete(key)
-            if old is None:
-                return False
-            self._release(old.blob_key)
+        old = self.metadata_backend.delete(key)
+        if old is None:
+            return False
+        # The entry is committed as gone before its content may go (see _commit).
+        self._release(old.blob_key)
         logger.debug("deleted %r", key)
         return True
 
@@ -489,7 +535,9 @@ class BlobStore:
                 key=record.key,
             )
         algorithm = split_hash(record.content_hash)[0]
-        verify = self.verify_on_read
+        # A signature vouches for the recorded hash, not for the blob: bytes that
+        # a code-running handler sees are always checked when signing is on.
+        verify = self.verify_on_read or (not handler.safe and self._signer is not None)
         try:
             if record.size <= _SMALL_BLOB or not handler.safe:
                 # Whole blob first: code-running handlers must never see bytes
@@ -549,8 +597,10 @@ class BlobStore:
             raise CacheIntegrityError(f"the content of {key!r} is missing", key=key) from exc
         if record.codec != "none":
             with raw:
-                data = self._pm.codec(record.codec).decode(raw.read())
-            return io.BytesIO(data)
+                data = raw.read()
+            if self.verify_on_read:
+                self._check_hash(record, hash_chunks([data], split_hash(record.content_hash)[0]))
+            return io.BytesIO(self._pm.codec(record.codec).decode(data))
         return _VerifyingReader(raw, record, self.verify_on_read)  # type: ignore[return-value]
 
     # ------------------------------------------------------------ maintenance
@@ -604,10 +654,11 @@ class BlobStore:
     def _drop_entry(self, record: EntryRecord) -> None:
         with self.metadata_backend.write_lock():
             current = self.metadata_backend.get(record.key)
-            if current is not None and current.blob_key == record.blob_key:
-                self.metadata_backend.delete(record.key)
-                if self.metadata_backend.count_refs(record.blob_key) == 0:
-                    self.blob_backend.delete(record.blob_key)
+            if current is None or current.blob_key != record.blob_key:
+                return  # replaced since it was checked: the new entry is not ours to drop
+            self.metadata_backend.delete(record.key)
+        logger.warning("verify(repair=True) removed entry %r", record.key)
+        self._release(record.blob_key)
 
     def _free_orphan(self, blob_key: str) -> int | None:
         with self.metadata_backend.write_lock():

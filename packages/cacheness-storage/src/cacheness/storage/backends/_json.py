@@ -55,9 +55,9 @@ class JsonMetadataBackend(MetadataBackend):
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
-    def _refresh(self) -> None:
+    def _refresh(self, force: bool = False) -> None:
         stamp = self._current_stamp()
-        if stamp == self._stamp:
+        if stamp == self._stamp and not force:
             return
         if stamp is None:
             self._entries = {}
@@ -114,7 +114,10 @@ class JsonMetadataBackend(MetadataBackend):
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 self._depth = 1
-                self._refresh()
+                # Always re-read under the lock: (inode, mtime, size) can repeat
+                # when two rewrites land in one clock tick and an inode is reused,
+                # and a write based on a stale copy would lose another's commit.
+                self._refresh(force=True)
                 yield
             finally:
                 self._depth = 0

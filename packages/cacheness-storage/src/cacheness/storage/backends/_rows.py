@@ -34,7 +34,14 @@ def from_micros(us: int) -> datetime:
 
 
 def dumps_json(value: Any) -> str:
+    if not value:
+        return "{}" if isinstance(value, dict) else json.dumps(value)
     return json.dumps(value, separators=(",", ":"), sort_keys=True, allow_nan=False)
+
+
+def loads_json(text: str) -> Any:
+    # Most entries carry no user metadata: skip the decoder for the common case.
+    return {} if text == "{}" else json.loads(text)
 
 
 def record_to_row(r: EntryRecord) -> tuple[Any, ...]:
@@ -63,8 +70,8 @@ def row_to_record(row: Any) -> EntryRecord:
         size=row[5],
         content_hash=row[6],
         created_at=from_micros(row[7]),
-        info=json.loads(row[8]),
-        metadata=json.loads(row[9]),
+        info=loads_json(row[8]),
+        metadata=loads_json(row[9]),
         signature=row[10],
     )
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -7,12 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from cacheness.storage.abc import EntryRecord, MetadataBackend
 from cacheness.storage.backends._memory import matches_filter
-from cacheness.storage.backends._rows import (
-    COLUMNS,
-    prefix_upper_bound,
-    record_to_row,
-    row_to_record,
-)
+from cacheness.storage.backends._rows import COLUMNS, record_to_row, row_to_record
 from cacheness.storage.errors import CacheBackendError
 
 if TYPE_CHECKING:
@@ -27,7 +23,8 @@ def _tables(metadata: Any) -> tuple[Table, Table]:
     entries = Table(
         "cacheness_entries",
         metadata,
-        Column("key", String(1024), primary_key=True),
+        # Keys are any str: no length cap, except where the dialect needs one to index it.
+        Column("key", Text().with_variant(String(768), "mysql", "mariadb"), primary_key=True),
         Column("blob_key", String(200), nullable=False, index=True),
         Column("data_type", String(300), nullable=False),
         Column("handler", String(100), nullable=False),
@@ -164,19 +161,20 @@ class SqlAlchemyMetadataBackend(MetadataBackend):
         self, prefix: str | None = None, metadata_filter: Mapping[str, Any] | None = None
     ) -> list[str]:
         e = self.entries
-        q = self._sa.select(e.c.key, e.c.metadata).order_by(e.c.key)
+        q = self._sa.select(e.c.key, e.c.metadata)
         if prefix:
-            q = q.where(e.c.key >= prefix)
-            upper = prefix_upper_bound(prefix)
-            if upper is not None:
-                q = q.where(e.c.key < upper)
+            # A range (key >= prefix AND key < next) is wrong under a
+            # locale collation (PostgreSQL's default: 'A' sorts between 'a' and 'b');
+            # comparing the leading characters is exact on every dialect.
+            q = q.where(self._sa.func.substr(e.c.key, 1, len(prefix)) == prefix)
         with self._begin() as conn:
             rows = conn.execute(q).all()
-        if not metadata_filter:
-            return [r[0] for r in rows]
-        import json
-
-        return [r[0] for r in rows if matches_filter(json.loads(r[1]), metadata_filter)]
+        if prefix:
+            rows = [r for r in rows if r[0].startswith(prefix)]
+        if metadata_filter:
+            rows = [r for r in rows if matches_filter(json.loads(r[1]), metadata_filter)]
+        # Code-point order, as every other backend returns (not the database's collation).
+        return sorted(r[0] for r in rows)
 
     def count_refs(self, blob_key: str) -> int:
         e = self.entries

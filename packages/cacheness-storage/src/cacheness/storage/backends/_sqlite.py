@@ -146,10 +146,18 @@ class SqliteMetadataBackend(MetadataBackend):
         try:
             yield conn
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
         else:
-            conn.execute("COMMIT")
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                # A failed COMMIT leaves the transaction open; close it so the
+                # connection stays usable, and report the write as failed.
+                _rollback(conn)
+                raise CacheBackendError(
+                    f"{self.path}: could not commit: {exc}", backend=self.name
+                ) from exc
         finally:
             self._local.depth = 0
 
@@ -244,6 +252,14 @@ class SqliteMetadataBackend(MetadataBackend):
         for conn in conns:
             conn.close()
         self._local = threading.local()
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            logger.debug("rollback failed (the transaction is already gone): %s", exc)
 
 
 def _json_path(name: str) -> str:

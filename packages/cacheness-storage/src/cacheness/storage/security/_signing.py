@@ -7,7 +7,6 @@ never be rejected because the two sides looked at different fields.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import os
@@ -45,6 +44,8 @@ VALID_SIGNED_FIELDS: frozenset[str] = frozenset(
 )
 #: What is signed unless ``custom_signed_fields`` says otherwise: all of them.
 DEFAULT_SIGNED_FIELDS: tuple[str, ...] = tuple(sorted(VALID_SIGNED_FIELDS))
+#: Covered whatever ``custom_signed_fields`` says: what decides how stored bytes are loaded.
+ALWAYS_SIGNED: frozenset[str] = frozenset({"content_hash", "handler", "codec", "info"})
 MIN_KEY_BYTES = 32
 ENV_VAR = "CACHENESS_SIGNING_KEY"
 
@@ -70,11 +71,10 @@ def check_signed_fields(fields: Iterable[str] | None) -> tuple[str, ...]:
             f"custom_signed_fields has unknown field(s) {', '.join(map(repr, unknown))}; "
             f"valid fields: {', '.join(sorted(VALID_SIGNED_FIELDS))}"
         )
-    if "content_hash" not in chosen:
-        # Without the content hash a signature says nothing about the bytes
-        # that get unpickled; always cover it.
-        chosen = tuple(sorted({*chosen, "content_hash"}))
-    return chosen
+    # Without these a signature says nothing about which bytes get loaded
+    # and by which handler (a swapped handler could unpickle signed raw bytes):
+    # they are always covered.
+    return tuple(sorted({*chosen, *ALWAYS_SIGNED}))
 
 
 class Signer:
@@ -85,12 +85,13 @@ class Signer:
         self.fields = check_signed_fields(fields)
 
     def sign(self, record: EntryRecord) -> str:
-        return hmac.new(self._key, signable_bytes(record, self.fields), hashlib.sha256).hexdigest()
+        return hmac.digest(self._key, signable_bytes(record, self.fields), "sha256").hex()
 
     def verify(self, record: EntryRecord) -> bool:
-        if not record.signature:
-            return False
-        return hmac.compare_digest(record.signature, self.sign(record))
+        sig = record.signature
+        if not sig or not isinstance(sig, str) or not sig.isascii():
+            return False  # compare_digest refuses non-ASCII str; such a value is no signature
+        return hmac.compare_digest(sig, self.sign(record))
 
     def __repr__(self) -> str:  # never show the key
         return f"Signer(fields={self.fields!r})"
