@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -15,6 +17,11 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine, Table
 
 __all__ = ["SqlAlchemyMetadataBackend"]
+
+logger = logging.getLogger(__name__)
+
+# Any constant: the advisory lock that serialises table creation on PostgreSQL.
+_PG_SETUP_LOCK = 0x63616368
 
 
 def _tables(metadata: Any) -> tuple[Table, Table]:
@@ -79,16 +86,46 @@ class SqlAlchemyMetadataBackend(MetadataBackend):
         self.entries, self._lock_table = _tables(self._md)
         self._local = threading.local()
         try:
-            self._md.create_all(self.engine)
-            with self.engine.begin() as conn:
-                if conn.execute(sa.select(self._lock_table.c.id)).first() is None:
-                    conn.execute(self._lock_table.insert().values(id=1, n=0))
-        except sa.exc.IntegrityError:
-            pass  # another process inserted the lock row first
+            self._setup()
         except sa.exc.SQLAlchemyError as exc:
+            if self._owns_engine:
+                self.engine.dispose()
             raise CacheBackendError(
                 f"cannot prepare tables at {self.engine.url!r}: {exc}", backend=self.name
             ) from exc
+
+    def _setup(self) -> None:
+        """Create the tables and the lock row, safely when several processes start at once.
+
+        Two machines opening a fresh database race on CREATE TABLE; were the
+        loser to go on before the lock row exists, ``write_lock`` would lock nothing.
+        """
+        sa = self._sa
+        postgres = self.engine.dialect.name == "postgresql"
+        for attempt in range(5):
+            try:
+                with self.engine.begin() as conn:
+                    if postgres:
+                        # DDL is transactional there: the lock is held until COMMIT.
+                        conn.execute(
+                            sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_SETUP_LOCK}
+                        )
+                    self._md.create_all(conn)
+                break
+            except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError):
+                # Another process created the same tables between our check and
+                # our CREATE; the next attempt sees them.
+                if attempt == 4:
+                    raise
+                logger.debug("table creation raced another process; retrying")
+                time.sleep(0.05 * (attempt + 1))
+        t = self._lock_table
+        try:
+            with self.engine.begin() as conn:
+                if conn.execute(sa.select(t.c.id).where(t.c.id == 1)).first() is None:
+                    conn.execute(t.insert().values(id=1, n=0))
+        except sa.exc.IntegrityError:
+            pass  # another process inserted it first: it exists, which is all we need
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SqlAlchemyMetadataBackend:
@@ -115,7 +152,13 @@ class SqlAlchemyMetadataBackend(MetadataBackend):
         with self._begin() as conn:
             if not getattr(self._local, "locked", False):
                 t = self._lock_table
-                conn.execute(t.update().where(t.c.id == 1).values(n=t.c.n + 1))
+                done = conn.execute(t.update().where(t.c.id == 1).values(n=t.c.n + 1))
+                if done.rowcount != 1:
+                    raise CacheBackendError(
+                        f"the lock row of {t.name} at {self.engine.url!r} is missing, so writes "
+                        "cannot be serialised; re-open the store (that recreates it)",
+                        backend=self.name,
+                    )
                 self._local.locked = True
                 try:
                     yield conn
