@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import logging
+import os
 import tempfile
 import threading
 from collections.abc import Iterator, Sequence
@@ -29,6 +30,7 @@ from cacheness.storage.errors import (
     CacheConfigError,
     CacheError,
     CacheKeyError,
+    CacheStorageError,
 )
 
 __all__ = ["S3BlobBackend"]
@@ -39,8 +41,8 @@ INSTALL_HINT = "pip install 'cacheness-storage[s3]'"
 _SAFE = frozenset("0123456789abcdefghijklmnopqrstuvwxyz._-")
 _MiB = 1024 * 1024
 # Below this a blob goes up in one PUT; above it, as a multipart upload.
-_DEFAULT_THRESHOLD = 16 * _MiB
-_DEFAULT_PART = 16 * _MiB
+_DEFAULT_THRESHOLD = 8 * _MiB
+_DEFAULT_PART = 8 * _MiB
 # Bounds the temporary buffer when a reader asks for a huge readinto.
 _READ_PIECE = 8 * _MiB
 _NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound"})
@@ -136,38 +138,73 @@ class _ChunksReader(io.RawIOBase):
 
 
 class _S3Writer(BlobWriter):
-    """Spools to a temporary file (memory first, then disk) and uploads on ``commit``.
+    """Spools in memory, then to a temporary file, and uploads on ``commit``.
 
     Uploading only at commit means a deduplicated put (the store aborts the
     writer when the content is already stored) sends nothing over the network,
-    and a killed writer leaves nothing in the bucket.
+    and a killed writer leaves nothing in the bucket. A spooled file goes up
+    by name, so the managed transfer reads each part from disk when it sends
+    it instead of holding parts in memory.
     """
 
     def __init__(self, backend: S3BlobBackend) -> None:
         self._backend = backend
-        self._tmp: Any = tempfile.SpooledTemporaryFile(
-            max_size=backend.multipart_threshold, dir=backend.spool_dir
-        )
+        self._buf: bytearray | None = bytearray()
+        self._file: BinaryIO | None = None
+        self._path: str | None = None
+        self._size = 0
 
     def write(self, data: Buffer) -> None:
-        if self._tmp is None:
+        if self._buf is None:
             raise CacheError("this blob writer is already committed or aborted")
-        self._tmp.write(data)
+        n = memoryview(data).nbytes
+        try:
+            if self._file is None and self._size + n > self._backend.multipart_threshold:
+                fd, self._path = tempfile.mkstemp(
+                    prefix="cacheness-s3-", dir=self._backend.spool_dir
+                )
+                self._file = os.fdopen(fd, "wb")
+                self._file.write(self._buf)
+                self._buf = bytearray()
+            if self._file is not None:
+                self._file.write(data)
+            else:
+                self._buf += data
+        except OSError as exc:
+            self.abort()
+            where = self._backend.spool_dir or tempfile.gettempdir()
+            raise CacheStorageError(
+                f"could not spool a blob to {where} before uploading it: {exc.strerror}; "
+                "free space there or pass spool_dir=... in blob_backend_options",
+                backend=self._backend.name,
+            ) from exc
+        self._size += n
 
     def commit(self, key: str) -> None:
-        if self._tmp is None:
+        if self._buf is None:
             raise CacheError("this blob writer is already committed or aborted")
         try:
-            size = self._tmp.tell()
-            self._tmp.seek(0)
-            self._backend._upload(key, self._tmp, size)
+            if self._file is None:
+                self._backend.put(key, self._buf)
+            else:
+                self._file.close()
+                self._file = None
+                assert self._path is not None
+                self._backend._upload_file(key, self._path)
         finally:
             self.abort()
 
     def abort(self) -> None:
-        if self._tmp is not None:
-            self._tmp.close()
-            self._tmp = None
+        self._buf = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._path is not None:
+            try:
+                os.unlink(self._path)
+            except FileNotFoundError:
+                pass
+            self._path = None
 
 
 class S3BlobBackend(BlobBackend):
@@ -340,6 +377,9 @@ class S3BlobBackend(BlobBackend):
             multipart_chunksize=self.multipart_chunksize,
             max_concurrency=self.max_concurrency,
         )
+        # s3transfer reads the parts of a file object into memory (10 queued by
+        # default); this bounds that to about max_concurrency parts.
+        self._transfer_config.max_in_memory_upload_chunks = self.max_concurrency
         return client
 
     def _check_bucket(self, client: Any) -> None:
@@ -473,6 +513,12 @@ class S3BlobBackend(BlobBackend):
                 # Managed transfer: parallel parts; S3 publishes the object only
                 # when the upload completes, and s3transfer aborts it on failure.
                 client.upload_fileobj(src, self.bucket, name, Config=self._transfer_config)
+
+    def _upload_file(self, key: str, path: str) -> None:
+        name = self.object_key(key)
+        client = self.client
+        with self._errors("write", key):
+            client.upload_file(path, self.bucket, name, Config=self._transfer_config)
 
     def put_file(self, key: str, src: BinaryIO) -> None:
         with self.writer() as w:

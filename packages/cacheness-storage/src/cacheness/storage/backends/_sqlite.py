@@ -217,7 +217,15 @@ class SqliteMetadataBackend(MetadataBackend):
                 where.append("key < ?")
                 params.append(upper)
         for name, value in (metadata_filter or {}).items():
-            if isinstance(value, str | int | float) and not isinstance(value, bool):
+            # SQLite's JSON paths cannot escape a quote or backslash in a label: such
+            # names are matched below only.
+            if (
+                isinstance(value, str | int | float)
+                and not isinstance(value, bool)
+                and not (isinstance(value, int) and not -(2**63) <= value < 2**63)
+                and '"' not in name
+                and "\\" not in name
+            ):
                 # Narrow in SQL; the exact, type-aware comparison happens below.
                 where.append("json_extract(metadata, ?) = ?")
                 params.extend([_json_path(name), value])
@@ -263,4 +271,4 @@ def _rollback(conn: sqlite3.Connection) -> None:
 
 
 def _json_path(name: str) -> str:
-    return '$."' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return '$."' + name + '"'
