@@ -1,0 +1,50 @@
+"""The interval arithmetic, checked against a set-of-points model."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cacheness.sql._gaps import cap_fetches, merge, remove, split_open, subtract, to_grid
+
+intervals = st.tuples(st.integers(-50, 50), st.integers(0, 30)).map(lambda t: (t[0], t[0] + t[1]))
+
+
+def points(ivs: list[tuple[int, int]]) -> set[int]:
+    return {p for lo, hi in ivs for p in range(lo, hi + 1)}
+
+
+@settings(max_examples=300, deadline=None)
+@given(requested=intervals, covered=st.lists(intervals, max_size=6))
+def test_subtract_is_set_difference_merged(
+    requested: tuple[int, int], covered: list[tuple[int, int]]
+) -> None:
+    gaps = subtract(requested, covered)
+    assert points(gaps) == points([requested]) - points(covered)
+    for (_, hi), (lo, _) in zip(gaps, gaps[1:], strict=False):
+        assert lo > hi + 1  # neither overlapping nor adjacent
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(intervals, max_size=8))
+def test_merge_keeps_points_and_separates_intervals(ivs: list[tuple[int, int]]) -> None:
+    merged = merge(ivs)
+    assert points(merged) == points(ivs)
+    assert all(b[0] > a[1] + 1 for a, b in zip(merged, merged[1:], strict=False))
+
+
+@given(st.lists(intervals, max_size=6), intervals)
+def test_remove_cuts_exactly(ivs: list[tuple[int, int]], cut: tuple[int, int]) -> None:
+    assert points(remove(ivs, cut)) == points(ivs) - points([cut])
+
+
+def test_grid_snapping_and_caps() -> None:
+    assert to_grid(0, 86_400, 86_400) == (0, 1)
+    assert to_grid(1, 86_399, 86_400) is None  # no grid point inside
+    assert to_grid(-86_401, -1, 86_400) == (-1, -1)  # before the epoch
+    assert cap_fetches([(1, 1), (3, 3), (5, 5)], 2) == [(1, 5)]
+    assert cap_fetches([(1, 1), (3, 3)], 2) == [(1, 1), (3, 3)]
+    assert split_open((1, 10), 5) == ((1, 4), (5, 10))
+    assert split_open((1, 10), None) == ((1, 10), None)
+    assert split_open((6, 10), 5) == (None, (6, 10))
+    assert split_open((1, 4), 5) == ((1, 4), None)

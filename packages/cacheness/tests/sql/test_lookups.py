@@ -1,0 +1,173 @@
+"""Lookup and analytics tables: only the ids not cached (and unexpired) reach the source."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+import pytest
+from sqlalchemy import Float, Integer, String
+
+from cacheness.sql import SqlCache
+from cacheness.storage.errors import CacheConfigError
+
+
+class UserSource:
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+        self.known = {i: f"user{i}" for i in range(1, 100)}
+        self.fail = False
+
+    def frame(self, ids: list[int]) -> pd.DataFrame:
+        found = [i for i in ids if i in self.known]
+        return pd.DataFrame({"user_id": found, "name": [self.known[i] for i in found]})
+
+
+@pytest.fixture
+def users_source() -> UserSource:
+    return UserSource()
+
+
+def batch_fetcher(src: UserSource) -> Callable[..., pd.DataFrame]:
+    def fetch_users(user_id: list[int]) -> pd.DataFrame:
+        src.calls.append(list(user_id))
+        if src.fail:
+            raise KeyError("lookup service down")
+        return src.frame(list(user_id))
+
+    return fetch_users
+
+
+def single_fetcher(src: UserSource) -> Callable[..., pd.DataFrame]:
+    def fetch_user(user_id: int) -> pd.DataFrame:
+        src.calls.append(user_id)
+        return src.frame([user_id])
+
+    return fetch_user
+
+
+def test_list_lookup_fetches_missing_ids_in_one_call(
+    make_cache: Callable[..., Any], users_source: UserSource
+) -> None:
+    users: SqlCache = make_cache(
+        "for_lookup_table", table_name="users", primary_keys=["user_id"],
+        data_fetcher=batch_fetcher(users_source), user_id=Integer, name=String(100),
+    )
+    assert users.batch_fetch is True
+    df = users.get_data(user_id=[3, 1, 2])
+    assert users_source.calls == [[3, 1, 2]]
+    assert df["user_id"].tolist() == [1, 2, 3]
+    assert df["name"].tolist() == ["user1", "user2", "user3"]
+    assert str(df["user_id"].dtype) == "int64"
+    df = users.get_data(user_id=[2, 3, 4, 5])
+    assert users_source.calls == [[3, 1, 2], [4, 5]]
+    assert df["user_id"].tolist() == [2, 3, 4, 5]
+    one = users.get_data(user_id=4)
+    assert one["name"].tolist() == ["user4"] and len(users_source.calls) == 2
+    stats = users.get_cache_stats()
+    assert (stats["misses"], stats["partial_hits"], stats["hits"]) == (1, 1, 1)
+    assert stats["rows"] == 5 and len(stats["intervals"]) == 5
+
+
+def test_ids_the_source_lacks_are_negative_cached_until_ttl(
+    make_cache: Callable[..., Any], users_source: UserSource, clock: Any
+) -> None:
+    users: SqlCache = make_cache(
+        "for_lookup_table", table_name="users", primary_keys=["user_id"],
+        data_fetcher=batch_fetcher(users_source), ttl_seconds=60, user_id=Integer, name=String(100),
+    )
+    assert users.get_data(user_id=[1, 500]).shape == (1, 2)
+    assert users.get_data(user_id=[500]).empty
+    assert users_source.calls == [[1, 500]]
+    clock.advance(61)
+    users_source.known[500] = "late"
+    df = users.get_data(user_id=[1, 500])
+    assert users_source.calls[-1] == [1, 500]
+    assert df["name"].tolist() == ["user1", "late"]
+
+
+def test_unannotated_fetcher_is_called_once_per_id(
+    make_cache: Callable[..., Any], users_source: UserSource
+) -> None:
+    users: SqlCache = make_cache(
+        "for_lookup_table", table_name="users", primary_keys=["user_id"],
+        data_fetcher=single_fetcher(users_source), user_id=Integer, name=String(100),
+    )
+    assert users.batch_fetch is False
+    users.get_data(user_id=[7, 8])
+    users.get_data(user_id=[8, 9])
+    assert users_source.calls == [7, 8, 9]
+
+
+def test_lookup_failure_stores_nothing_and_propagates(
+    make_cache: Callable[..., Any], users_source: UserSource
+) -> None:
+    users: SqlCache = make_cache(
+        "for_lookup_table", table_name="users", primary_keys=["user_id"],
+        data_fetcher=batch_fetcher(users_source), user_id=Integer, name=String(100),
+    )
+    users.get_data(user_id=[1])
+    users_source.fail = True
+    with pytest.raises(KeyError, match="lookup service down"):
+        users.get_data(user_id=[1, 2, 3])
+    stats = users.get_cache_stats()
+    assert stats["rows"] == 1 and list(stats["intervals"]) == ["1"]
+    users_source.fail = False
+    users.get_data(user_id=[1, 2, 3])
+    assert users_source.calls[-1] == [2, 3]
+
+
+def test_analytics_table_with_composite_key(make_cache: Callable[..., Any]) -> None:
+    calls: list[tuple[list[str], list[str]]] = []
+
+    def revenue(region: list[str], month: list[str]) -> pd.DataFrame:
+        calls.append((list(region), list(month)))
+        return pd.DataFrame(
+            {"region": region, "month": month, "revenue": [len(r) * 10.0 + int(m[-2:]) for r, m in zip(region, month, strict=True)]}
+        )
+
+    cube: SqlCache = make_cache(
+        "for_analytics_table", table_name="cube", primary_keys=["region", "month"],
+        data_fetcher=revenue, region=String(10), month=String(7), revenue=Float,
+    )
+    assert cube.ttl_seconds == 86400 and cube.batch_fetch is True
+    df = cube.get_data(region="EU", month=["2024-01", "2024-02"])
+    assert df["revenue"].tolist() == [21.0, 22.0]
+    df = cube.get_data(region=["EU", "US"], month="2024-02")
+    assert calls == [(["EU", "EU"], ["2024-01", "2024-02"]), (["US"], ["2024-02"])]
+    assert df[["region", "month"]].values.tolist() == [["EU", "2024-02"], ["US", "2024-02"]]
+
+
+def test_lookup_invalidate_by_id(make_cache: Callable[..., Any], users_source: UserSource) -> None:
+    users: SqlCache = make_cache(
+        "for_lookup_table", table_name="users", primary_keys=["user_id"],
+        data_fetcher=batch_fetcher(users_source), user_id=Integer, name=String(100),
+    )
+    users.get_data(user_id=[1, 2, 3])
+    assert users.invalidate_cache(user_id=[2]) == 1
+    users.get_data(user_id=[1, 2, 3])
+    assert users_source.calls == [[1, 2, 3], [2]]
+
+
+def test_lookup_expiry_cleanup(make_cache: Callable[..., Any], users_source: UserSource, clock: Any) -> None:
+    users: SqlCache = make_cache(
+        "for_lookup_table", table_name="users", primary_keys=["user_id"],
+        data_fetcher=batch_fetcher(users_source), ttl_seconds=10, user_id=Integer, name=String(100),
+    )
+    users.get_data(user_id=[1, 2])
+    clock.advance(5)
+    users.get_data(user_id=[3])
+    clock.advance(6)
+    assert users.get_cache_stats()["expired_intervals"] == 2
+    assert users.cleanup_expired() == 2
+    stats = users.get_cache_stats()
+    assert stats["rows"] == 1 and list(stats["intervals"]) == ["3"]
+
+
+def test_lookup_options_are_checked(tmp_path: Any, users_source: UserSource) -> None:
+    with pytest.raises(CacheConfigError, match="did you mean ttl_seconds"):
+        SqlCache.for_lookup_table(
+            f"sqlite:///{tmp_path / 'u.db'}", "users", primary_keys=["user_id"],
+            data_fetcher=batch_fetcher(users_source), ttl_second=5, user_id=Integer,
+        )
