@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from cacheness.storage.abc import BlobBackend, MetadataBackend
 from cacheness.storage.backends import (
     FilesystemBlobBackend,

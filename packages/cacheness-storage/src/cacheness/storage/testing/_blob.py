@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-
 from cacheness.storage.abc import BlobBackend
 from cacheness.storage.errors import BlobNotFoundError, CacheStorageError
 
@@ -180,7 +179,7 @@ class BlobBackendTests:
                     backend.put("shared", b"S" * 1000)
                     assert backend.get(f"t{n}-{i}") == f"{n}:{i}".encode() * 50
                     assert backend.get("shared") == b"S" * 1000
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - reported by the assert below
                 errors.append(exc)
 
         threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-
 from cacheness.storage.abc import EntryRecord, MetadataBackend
 
 __all__ = ["MetadataBackendTests", "make_record"]
@@ -120,7 +119,12 @@ class MetadataBackendTests:
         assert backend.get("e") is None
 
     def test_awkward_user_metadata_round_trips(self, backend: MetadataBackend) -> None:
-        meta = {"q": "it's \"quoted\"", "u": "ü🔑", "empty": {}, "deep": {"a": [1, [2, {"b": None}]]}}
+        meta = {
+            "q": 'it\'s "quoted"',
+            "u": "ü🔑",
+            "empty": {},
+            "deep": {"a": [1, [2, {"b": None}]]},
+        }
         backend.put(make_record("k", metadata=meta))
         got = backend.get("k")
         assert got is not None and got.metadata == meta
@@ -233,7 +237,7 @@ class MetadataBackendTests:
                         assert rec is not None
                         rec.metadata = {"n": rec.metadata["n"] + 1}
                         backend.put(rec)
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - reported by the assert below
                 errors.append(exc)
 
         threads = [threading.Thread(target=bump) for _ in range(8)]
