@@ -14,9 +14,8 @@ import time
 from datetime import timedelta
 
 import pandas as pd
-from sqlalchemy import Float
-
 from cacheness.sql import SqlCache
+from sqlalchemy import Float
 
 
 def main() -> None:
@@ -30,8 +29,13 @@ def main() -> None:
         return pd.DataFrame({"symbol": symbol, "date": days, "price": [float(d.day) for d in days]})
 
     with SqlCache.for_timeseries(
-        db, "shared", key_columns=["symbol"], time_column="date",
-        time_increment=timedelta(days=1), data_fetcher=fetch, price=Float,
+        db,
+        "shared",
+        key_columns=["symbol"],
+        time_column="date",
+        time_increment=timedelta(days=1),
+        data_fetcher=fetch,
+        price=Float,
     ) as cache:
         deadline = time.monotonic() + 30
         while not os.path.exists(go) and time.monotonic() < deadline:

@@ -40,7 +40,9 @@ class PriceSource:
     def price(self, symbol: str, day: pd.Timestamp) -> float:
         return float(self.version * 1000 + (ord(symbol[0]) % 7) * 100 + day.day_of_year)
 
-    def __call__(self, symbol: str, start_date: pd.Timestamp, end_date: pd.Timestamp) -> pd.DataFrame:
+    def __call__(
+        self, symbol: str, start_date: pd.Timestamp, end_date: pd.Timestamp
+    ) -> pd.DataFrame:
         assert isinstance(start_date, pd.Timestamp) and str(start_date.tz) == "UTC"
         assert isinstance(end_date, pd.Timestamp) and str(end_date.tz) == "UTC"
         self.calls.append((symbol, start_date.date().isoformat(), end_date.date().isoformat()))

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy import Float
-
 from cacheness.sql import SqlCache
+from sqlalchemy import Float
 
 WORKER = Path(__file__).with_name("_sql_worker.py")
 
@@ -32,8 +31,13 @@ def test_overlapping_requests_fetch_each_gap_once(tmp_path: Path) -> None:
 
     # Create the tables first so both workers open an existing database.
     SqlCache.for_timeseries(
-        f"sqlite:///{db}", "shared", key_columns=["symbol"], time_column="date",
-        time_increment=timedelta(days=1), data_fetcher=noop, price=Float,
+        f"sqlite:///{db}",
+        "shared",
+        key_columns=["symbol"],
+        time_column="date",
+        time_increment=timedelta(days=1),
+        data_fetcher=noop,
+        price=Float,
     ).close()
     ranges = [("2024-01-01", "2024-01-31"), ("2024-01-15", "2024-02-15")]
     outs = [tmp_path / f"out{i}.json" for i in range(2)]
@@ -65,7 +69,9 @@ def test_overlapping_requests_fetch_each_gap_once(tmp_path: Path) -> None:
     engine = sa.create_engine(f"sqlite:///{db}")
     try:
         with engine.connect() as conn:
-            rows = conn.execute(sa.text("SELECT symbol, date, COUNT(*) FROM shared GROUP BY 1, 2")).all()
+            rows = conn.execute(
+                sa.text("SELECT symbol, date, COUNT(*) FROM shared GROUP BY 1, 2")
+            ).all()
             leases = conn.execute(sa.text("SELECT COUNT(*) FROM shared__leases")).scalar_one()
     finally:
         engine.dispose()

@@ -9,14 +9,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import cacheness.sql
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from sqlalchemy import Float, Integer, String
-
-import cacheness.sql
 from cacheness.sql import SchemaMismatchError, SqlCache
 from cacheness.storage.errors import CacheConfigError, CacheError
+from sqlalchemy import Float, Integer, String
 
 
 def fetch(symbol: str, start_date: pd.Timestamp, end_date: pd.Timestamp) -> pd.DataFrame:
@@ -26,8 +25,11 @@ def fetch(symbol: str, start_date: pd.Timestamp, end_date: pd.Timestamp) -> pd.D
 
 def series(url: Any, **kwargs: Any) -> SqlCache:
     options: dict[str, Any] = {
-        "key_columns": ["symbol"], "time_column": "date", "time_increment": timedelta(days=1),
-        "data_fetcher": fetch, "price": Float,
+        "key_columns": ["symbol"],
+        "time_column": "date",
+        "time_increment": timedelta(days=1),
+        "data_fetcher": fetch,
+        "price": Float,
     }
     options.update(kwargs)
     return SqlCache.for_timeseries(url, "prices", **options)
@@ -49,7 +51,9 @@ def series(url: Any, **kwargs: Any) -> SqlCache:
         ({"data_fetcher": 42}, "not callable"),
     ],
 )
-def test_bad_options_raise_config_errors(tmp_path: Path, kwargs: dict[str, Any], match: str) -> None:
+def test_bad_options_raise_config_errors(
+    tmp_path: Path, kwargs: dict[str, Any], match: str
+) -> None:
     with pytest.raises(CacheConfigError, match=match):
         series(tmp_path / "c.db", **kwargs)
 
@@ -71,8 +75,12 @@ def test_existing_table_with_other_columns_is_refused(tmp_path: Path) -> None:
     series(tmp_path / "c.db").close()
     with pytest.raises(CacheConfigError, match="already exists"):
         SqlCache.for_timeseries(
-            tmp_path / "c.db", "prices", key_columns=["symbol"], time_column="date",
-            data_fetcher=fetch, close=Float,
+            tmp_path / "c.db",
+            "prices",
+            key_columns=["symbol"],
+            time_column="date",
+            data_fetcher=fetch,
+            close=Float,
         )
 
 
@@ -85,7 +93,10 @@ def test_plain_path_url_and_engine_are_accepted(tmp_path: Path) -> None:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'plain.db'}")
     try:
         with series(engine) as shared:
-            assert len(shared.get_data(symbol="A", start_date="2024-01-02", end_date="2024-01-03")) == 2
+            assert (
+                len(shared.get_data(symbol="A", start_date="2024-01-02", end_date="2024-01-03"))
+                == 2
+            )
         with engine.connect() as conn:  # still usable: a passed-in engine is not disposed
             assert conn.execute(sa.text("SELECT COUNT(*) FROM prices")).scalar_one() == 3
     finally:
@@ -99,9 +110,9 @@ def test_in_memory_cache_works(tmp_path: Path) -> None:
 
 
 def test_gap_detector_must_return_a_list_of_dicts(tmp_path: Path) -> None:
-    with series(tmp_path / "c.db", gap_detector=lambda q, c, s: "everything") as cache:
-        with pytest.raises(CacheConfigError, match="list of dicts"):
-            cache.get_data(symbol="A", start_date="2024-01-01", end_date="2024-01-02")
+    bad = series(tmp_path / "c.db", gap_detector=lambda q, c, s: "everything")
+    with bad as cache, pytest.raises(CacheConfigError, match="list of dicts"):
+        cache.get_data(symbol="A", start_date="2024-01-01", end_date="2024-01-02")
 
 
 def test_schema_error_pickles_with_its_context() -> None:

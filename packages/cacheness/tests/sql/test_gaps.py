@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
+import itertools
 
 from cacheness.sql._gaps import cap_fetches, merge, remove, split_open, subtract, to_grid
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 intervals = st.tuples(st.integers(-50, 50), st.integers(0, 30)).map(lambda t: (t[0], t[0] + t[1]))
 
@@ -21,7 +22,7 @@ def test_subtract_is_set_difference_merged(
 ) -> None:
     gaps = subtract(requested, covered)
     assert points(gaps) == points([requested]) - points(covered)
-    for (_, hi), (lo, _) in zip(gaps, gaps[1:], strict=False):
+    for (_, hi), (lo, _) in itertools.pairwise(gaps):
         assert lo > hi + 1  # neither overlapping nor adjacent
 
 
@@ -30,7 +31,7 @@ def test_subtract_is_set_difference_merged(
 def test_merge_keeps_points_and_separates_intervals(ivs: list[tuple[int, int]]) -> None:
     merged = merge(ivs)
     assert points(merged) == points(ivs)
-    assert all(b[0] > a[1] + 1 for a, b in zip(merged, merged[1:], strict=False))
+    assert all(b[0] > a[1] + 1 for a, b in itertools.pairwise(merged))
 
 
 @given(st.lists(intervals, max_size=6), intervals)

@@ -7,10 +7,9 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from sqlalchemy import Float, Integer, String
-
 from cacheness.sql import SqlCache
 from cacheness.storage.errors import CacheConfigError
+from sqlalchemy import Float, Integer, String
 
 
 class UserSource:
@@ -51,8 +50,12 @@ def test_list_lookup_fetches_missing_ids_in_one_call(
     make_cache: Callable[..., Any], users_source: UserSource
 ) -> None:
     users: SqlCache = make_cache(
-        "for_lookup_table", table_name="users", primary_keys=["user_id"],
-        data_fetcher=batch_fetcher(users_source), user_id=Integer, name=String(100),
+        "for_lookup_table",
+        table_name="users",
+        primary_keys=["user_id"],
+        data_fetcher=batch_fetcher(users_source),
+        user_id=Integer,
+        name=String(100),
     )
     assert users.batch_fetch is True
     df = users.get_data(user_id=[3, 1, 2])
@@ -74,8 +77,13 @@ def test_ids_the_source_lacks_are_negative_cached_until_ttl(
     make_cache: Callable[..., Any], users_source: UserSource, clock: Any
 ) -> None:
     users: SqlCache = make_cache(
-        "for_lookup_table", table_name="users", primary_keys=["user_id"],
-        data_fetcher=batch_fetcher(users_source), ttl_seconds=60, user_id=Integer, name=String(100),
+        "for_lookup_table",
+        table_name="users",
+        primary_keys=["user_id"],
+        data_fetcher=batch_fetcher(users_source),
+        ttl_seconds=60,
+        user_id=Integer,
+        name=String(100),
     )
     assert users.get_data(user_id=[1, 500]).shape == (1, 2)
     assert users.get_data(user_id=[500]).empty
@@ -91,8 +99,12 @@ def test_unannotated_fetcher_is_called_once_per_id(
     make_cache: Callable[..., Any], users_source: UserSource
 ) -> None:
     users: SqlCache = make_cache(
-        "for_lookup_table", table_name="users", primary_keys=["user_id"],
-        data_fetcher=single_fetcher(users_source), user_id=Integer, name=String(100),
+        "for_lookup_table",
+        table_name="users",
+        primary_keys=["user_id"],
+        data_fetcher=single_fetcher(users_source),
+        user_id=Integer,
+        name=String(100),
     )
     assert users.batch_fetch is False
     users.get_data(user_id=[7, 8])
@@ -104,8 +116,12 @@ def test_lookup_failure_stores_nothing_and_propagates(
     make_cache: Callable[..., Any], users_source: UserSource
 ) -> None:
     users: SqlCache = make_cache(
-        "for_lookup_table", table_name="users", primary_keys=["user_id"],
-        data_fetcher=batch_fetcher(users_source), user_id=Integer, name=String(100),
+        "for_lookup_table",
+        table_name="users",
+        primary_keys=["user_id"],
+        data_fetcher=batch_fetcher(users_source),
+        user_id=Integer,
+        name=String(100),
     )
     users.get_data(user_id=[1])
     users_source.fail = True
@@ -124,12 +140,23 @@ def test_analytics_table_with_composite_key(make_cache: Callable[..., Any]) -> N
     def revenue(region: list[str], month: list[str]) -> pd.DataFrame:
         calls.append((list(region), list(month)))
         return pd.DataFrame(
-            {"region": region, "month": month, "revenue": [len(r) * 10.0 + int(m[-2:]) for r, m in zip(region, month, strict=True)]}
+            {
+                "region": region,
+                "month": month,
+                "revenue": [
+                    len(r) * 10.0 + int(m[-2:]) for r, m in zip(region, month, strict=True)
+                ],
+            }
         )
 
     cube: SqlCache = make_cache(
-        "for_analytics_table", table_name="cube", primary_keys=["region", "month"],
-        data_fetcher=revenue, region=String(10), month=String(7), revenue=Float,
+        "for_analytics_table",
+        table_name="cube",
+        primary_keys=["region", "month"],
+        data_fetcher=revenue,
+        region=String(10),
+        month=String(7),
+        revenue=Float,
     )
     assert cube.ttl_seconds == 86400 and cube.batch_fetch is True
     df = cube.get_data(region="EU", month=["2024-01", "2024-02"])
@@ -141,8 +168,12 @@ def test_analytics_table_with_composite_key(make_cache: Callable[..., Any]) -> N
 
 def test_lookup_invalidate_by_id(make_cache: Callable[..., Any], users_source: UserSource) -> None:
     users: SqlCache = make_cache(
-        "for_lookup_table", table_name="users", primary_keys=["user_id"],
-        data_fetcher=batch_fetcher(users_source), user_id=Integer, name=String(100),
+        "for_lookup_table",
+        table_name="users",
+        primary_keys=["user_id"],
+        data_fetcher=batch_fetcher(users_source),
+        user_id=Integer,
+        name=String(100),
     )
     users.get_data(user_id=[1, 2, 3])
     assert users.invalidate_cache(user_id=[2]) == 1
@@ -150,10 +181,17 @@ def test_lookup_invalidate_by_id(make_cache: Callable[..., Any], users_source: U
     assert users_source.calls == [[1, 2, 3], [2]]
 
 
-def test_lookup_expiry_cleanup(make_cache: Callable[..., Any], users_source: UserSource, clock: Any) -> None:
+def test_lookup_expiry_cleanup(
+    make_cache: Callable[..., Any], users_source: UserSource, clock: Any
+) -> None:
     users: SqlCache = make_cache(
-        "for_lookup_table", table_name="users", primary_keys=["user_id"],
-        data_fetcher=batch_fetcher(users_source), ttl_seconds=10, user_id=Integer, name=String(100),
+        "for_lookup_table",
+        table_name="users",
+        primary_keys=["user_id"],
+        data_fetcher=batch_fetcher(users_source),
+        ttl_seconds=10,
+        user_id=Integer,
+        name=String(100),
     )
     users.get_data(user_id=[1, 2])
     clock.advance(5)
@@ -168,6 +206,10 @@ def test_lookup_expiry_cleanup(make_cache: Callable[..., Any], users_source: Use
 def test_lookup_options_are_checked(tmp_path: Any, users_source: UserSource) -> None:
     with pytest.raises(CacheConfigError, match="did you mean ttl_seconds"):
         SqlCache.for_lookup_table(
-            f"sqlite:///{tmp_path / 'u.db'}", "users", primary_keys=["user_id"],
-            data_fetcher=batch_fetcher(users_source), ttl_second=5, user_id=Integer,
+            f"sqlite:///{tmp_path / 'u.db'}",
+            "users",
+            primary_keys=["user_id"],
+            data_fetcher=batch_fetcher(users_source),
+            ttl_second=5,
+            user_id=Integer,
         )

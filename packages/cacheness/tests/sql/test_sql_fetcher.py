@@ -10,10 +10,9 @@ from typing import Any
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from sqlalchemy import Float, Integer, String
-
 from cacheness.sql import SqlCache, sql_fetcher
 from cacheness.storage.errors import CacheBackendError
+from sqlalchemy import Float, Integer, String
 
 QUERY = (
     "SELECT symbol, day AS date, price FROM quotes "
@@ -35,7 +34,9 @@ class CountingEngine:
 
 def _fill_remote(engine: sa.Engine, date_type: str) -> None:
     with engine.begin() as conn:
-        conn.execute(sa.text(f"CREATE TABLE quotes (symbol VARCHAR(10), day {date_type}, price FLOAT)"))
+        conn.execute(
+            sa.text(f"CREATE TABLE quotes (symbol VARCHAR(10), day {date_type}, price FLOAT)")
+        )
         conn.execute(
             sa.text("INSERT INTO quotes VALUES (:s, :d, :p)"),
             [
@@ -56,15 +57,25 @@ def remote_pg(postgres_url: str) -> Iterator[sa.Engine]:
 
 def _local_cache(path: Path, fetcher: Any) -> SqlCache:
     return SqlCache.for_timeseries(
-        f"sqlite:///{path}", "quotes", key_columns=["symbol"], time_column="date",
-        time_increment=timedelta(days=1), data_fetcher=fetcher, price=Float,
+        f"sqlite:///{path}",
+        "quotes",
+        key_columns=["symbol"],
+        time_column="date",
+        time_increment=timedelta(days=1),
+        data_fetcher=fetcher,
+        price=Float,
     )
 
 
 @pytest.mark.integration
-def test_postgres_source_into_local_sqlite(remote_pg: sa.Engine, postgres_url: str, tmp_path: Path) -> None:
+def test_postgres_source_into_local_sqlite(
+    remote_pg: sa.Engine, postgres_url: str, tmp_path: Path
+) -> None:
     counter = CountingEngine(remote_pg)
-    with sql_fetcher(remote_pg, QUERY) as remote, _local_cache(tmp_path / "local.db", remote) as cache:
+    with (
+        sql_fetcher(remote_pg, QUERY) as remote,
+        _local_cache(tmp_path / "local.db", remote) as cache,
+    ):
         df = cache.get_data(symbol="AAPL", start_date="2024-01-10", end_date="2024-01-20")
         assert df["price"].tolist() == [float(i) for i in range(9, 20)]
         assert str(df["date"].dtype) == "datetime64[us, UTC]"
@@ -78,8 +89,11 @@ def test_postgres_source_into_local_sqlite(remote_pg: sa.Engine, postgres_url: s
         assert "AAPL" in str(params)
     # A URL, not an engine: the fetcher makes and disposes its own engine.
     with sql_fetcher(postgres_url, QUERY) as by_url:
-        frame = by_url(symbol="MSFT", start_date=pd.Timestamp("2024-02-01", tz="UTC"),
-                       end_date=pd.Timestamp("2024-02-02", tz="UTC"))
+        frame = by_url(
+            symbol="MSFT",
+            start_date=pd.Timestamp("2024-02-01", tz="UTC"),
+            end_date=pd.Timestamp("2024-02-02", tz="UTC"),
+        )
         assert frame["price"].tolist() == [131.0, 132.0]
 
 
@@ -94,8 +108,12 @@ def test_postgres_lookup_batches_ids_into_one_in_query(postgres_url: str, tmp_pa
         sa.event.listen(engine, "before_cursor_execute", lambda *a: counter.append(a[3]))
         fetch = sql_fetcher(engine, "SELECT user_id, name FROM people WHERE user_id IN :user_id")
         with SqlCache.for_lookup_table(
-            f"sqlite:///{tmp_path / 'people.db'}", "people", primary_keys=["user_id"],
-            data_fetcher=fetch, user_id=Integer, name=String(50),
+            f"sqlite:///{tmp_path / 'people.db'}",
+            "people",
+            primary_keys=["user_id"],
+            data_fetcher=fetch,
+            user_id=Integer,
+            name=String(50),
         ) as people:
             assert people.batch_fetch is True
             assert people.get_data(user_id=[3, 1])["name"].tolist() == ["ann", "cy"]

@@ -9,10 +9,9 @@ from typing import Any
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from sqlalchemy import Float, Integer
-
 from cacheness.sql import SchemaMismatchError, SqlCache
 from cacheness.storage.errors import CacheBackendError, CacheError, CacheKeyError
+from sqlalchemy import Float, Integer
 
 DAY = timedelta(days=1)
 
@@ -42,13 +41,19 @@ def prices(make_cache: Callable[..., Any], source: Any) -> SqlCache:
 
 def table_rows(cache: SqlCache) -> list[tuple[Any, ...]]:
     with cache.engine.connect() as conn:
-        return [tuple(r) for r in conn.execute(sa.select(cache.table).order_by(*cache.table.primary_key))]
+        return [
+            tuple(r)
+            for r in conn.execute(sa.select(cache.table).order_by(*cache.table.primary_key))
+        ]
 
 
 def ledger_rows(cache: SqlCache) -> list[tuple[Any, ...]]:
     c = cache.ledger.coverage.c
     with cache.engine.connect() as conn:
-        return [tuple(r) for r in conn.execute(sa.select(c.key, c.lo, c.hi, c.expires_at).order_by(c.key, c.lo))]
+        return [
+            tuple(r)
+            for r in conn.execute(sa.select(c.key, c.lo, c.hi, c.expires_at).order_by(c.key, c.lo))
+        ]
 
 
 def test_first_request_fetches_exactly_the_range(prices: SqlCache, source: Any) -> None:
@@ -95,7 +100,10 @@ def test_holes_are_filled_and_nothing_cached_is_refetched(prices: SqlCache, sour
     prices.get_data(symbol="AAPL", start_date="2024-01-20", end_date="2024-01-31")
     source.calls.clear()
     df = prices.get_data(symbol="AAPL", start_date="2024-01-01", end_date="2024-01-31")
-    assert source.calls == [("AAPL", "2024-01-06", "2024-01-09"), ("AAPL", "2024-01-13", "2024-01-19")]
+    assert source.calls == [
+        ("AAPL", "2024-01-06", "2024-01-09"),
+        ("AAPL", "2024-01-13", "2024-01-19"),
+    ]
     assert dates(df) == weekdays("2024-01-01", "2024-01-31")
     rows = table_rows(prices)
     assert len(rows) == len({(r[0], r[1]) for r in rows}) == len(df)
@@ -105,8 +113,14 @@ def test_more_gaps_than_max_fetches_become_one_covering_fetch(
     make_cache: Callable[..., Any], source: Any
 ) -> None:
     cache = make_cache(
-        table_name="capped", key_columns=["symbol"], time_column="date", time_increment=DAY,
-        data_fetcher=source, max_fetches=2, price=Float, volume=Integer,
+        table_name="capped",
+        key_columns=["symbol"],
+        time_column="date",
+        time_increment=DAY,
+        data_fetcher=source,
+        max_fetches=2,
+        price=Float,
+        volume=Integer,
     )
     for day in ("2024-01-03", "2024-01-05", "2024-01-09"):
         cache.get_data(symbol="X", start_date=day, end_date=day)
@@ -126,14 +140,19 @@ def test_empty_source_ranges_are_covered_until_they_expire(
     prices.get_data(symbol="AAPL", start_date="2024-01-15", end_date="2024-01-15")
     prices.get_data(symbol="AAPL", start_date="2024-01-06", end_date="2024-01-07")
     prices.get_data(symbol="AAPL", start_date="2024-01-15", end_date="2024-01-15")
-    assert source.calls == [("AAPL", "2024-01-06", "2024-01-07"), ("AAPL", "2024-01-15", "2024-01-15")]
+    assert source.calls == [
+        ("AAPL", "2024-01-06", "2024-01-07"),
+        ("AAPL", "2024-01-15", "2024-01-15"),
+    ]
     clock.advance(86401)
     prices.get_data(symbol="AAPL", start_date="2024-01-06", end_date="2024-01-07")
     assert source.calls[-1] == ("AAPL", "2024-01-06", "2024-01-07")
     assert len(source.calls) == 3
 
 
-def test_expired_part_alone_is_refetched_and_updated(prices: SqlCache, source: Any, clock: Any) -> None:
+def test_expired_part_alone_is_refetched_and_updated(
+    prices: SqlCache, source: Any, clock: Any
+) -> None:
     prices.get_data(symbol="AAPL", start_date="2024-01-01", end_date="2024-01-10")
     clock.advance(50_000)
     prices.get_data(symbol="AAPL", start_date="2024-01-11", end_date="2024-01-20")
@@ -148,7 +167,9 @@ def test_expired_part_alone_is_refetched_and_updated(prices: SqlCache, source: A
     assert len(table_rows(prices)) == len(weekdays("2024-01-01", "2024-01-20"))
 
 
-def test_rows_the_source_dropped_disappear_on_refetch(prices: SqlCache, source: Any, clock: Any) -> None:
+def test_rows_the_source_dropped_disappear_on_refetch(
+    prices: SqlCache, source: Any, clock: Any
+) -> None:
     prices.get_data(symbol="AAPL", start_date="2024-01-01", end_date="2024-01-05")
     source.holidays = {"2024-01-03"}
     clock.advance(86401)
@@ -156,17 +177,28 @@ def test_rows_the_source_dropped_disappear_on_refetch(prices: SqlCache, source: 
     assert dates(df) == ["2024-01-01", "2024-01-02", "2024-01-04", "2024-01-05"]
 
 
-def test_open_interval_has_its_own_shorter_ttl(make_cache: Callable[..., Any], source: Any, clock: Any) -> None:
+def test_open_interval_has_its_own_shorter_ttl(
+    make_cache: Callable[..., Any], source: Any, clock: Any
+) -> None:
     clock.now = pd.Timestamp("2024-01-10 15:00", tz="UTC").timestamp()
     live = make_cache(
-        "for_realtime_timeseries", table_name="live", key_columns=["symbol"], time_column="date",
-        time_increment=DAY, data_fetcher=source, price=Float, volume=Integer,
+        "for_realtime_timeseries",
+        table_name="live",
+        key_columns=["symbol"],
+        time_column="date",
+        time_increment=DAY,
+        data_fetcher=source,
+        price=Float,
+        volume=Integer,
     )
     assert (live.ttl_seconds, live.open_ttl_seconds) == (3600, 60)
     live.get_data(symbol="AAPL", start_date="2024-01-01", end_date="2024-01-12")
     clock.advance(61)  # the open part (today and later) expired, the closed part did not
     live.get_data(symbol="AAPL", start_date="2024-01-01", end_date="2024-01-12")
-    assert source.calls == [("AAPL", "2024-01-01", "2024-01-12"), ("AAPL", "2024-01-10", "2024-01-12")]
+    assert source.calls == [
+        ("AAPL", "2024-01-01", "2024-01-12"),
+        ("AAPL", "2024-01-10", "2024-01-12"),
+    ]
     clock.advance(3600)
     live.get_data(symbol="AAPL", start_date="2024-01-01", end_date="2024-01-12")
     assert source.calls[-1] == ("AAPL", "2024-01-01", "2024-01-12")
@@ -175,12 +207,17 @@ def test_open_interval_has_its_own_shorter_ttl(make_cache: Callable[..., Any], s
 def test_list_of_keys_fetches_each_key_once_and_sorts(prices: SqlCache, source: Any) -> None:
     prices.get_data(symbol="MSFT", start_date="2024-01-01", end_date="2024-01-05")
     df = prices.get_data(symbol=["MSFT", "AAPL"], start_date="2024-01-01", end_date="2024-01-05")
-    assert source.calls == [("MSFT", "2024-01-01", "2024-01-05"), ("AAPL", "2024-01-01", "2024-01-05")]
+    assert source.calls == [
+        ("MSFT", "2024-01-01", "2024-01-05"),
+        ("AAPL", "2024-01-01", "2024-01-05"),
+    ]
     assert df["symbol"].tolist() == ["AAPL"] * 5 + ["MSFT"] * 5
     assert dates(df) == weekdays("2024-01-01", "2024-01-05") * 2
 
 
-def test_fetcher_failure_leaves_cache_unchanged_and_propagates(prices: SqlCache, source: Any) -> None:
+def test_fetcher_failure_leaves_cache_unchanged_and_propagates(
+    prices: SqlCache, source: Any
+) -> None:
     prices.get_data(symbol="AAPL", start_date="2024-01-10", end_date="2024-01-20")
     before_rows, before_ledger = table_rows(prices), ledger_rows(prices)
     source.fail_on_call = 3  # the second gap of the next request
@@ -191,7 +228,10 @@ def test_fetcher_failure_leaves_cache_unchanged_and_propagates(prices: SqlCache,
     assert ledger_rows(prices) == before_ledger
     source.fail_on_call = None
     df = prices.get_data(symbol="AAPL", start_date="2024-01-01", end_date="2024-01-31")
-    assert source.calls[-2:] == [("AAPL", "2024-01-01", "2024-01-09"), ("AAPL", "2024-01-21", "2024-01-31")]
+    assert source.calls[-2:] == [
+        ("AAPL", "2024-01-01", "2024-01-09"),
+        ("AAPL", "2024-01-21", "2024-01-31"),
+    ]
     assert dates(df) == weekdays("2024-01-01", "2024-01-31")
 
 
@@ -225,8 +265,12 @@ def test_schema_mismatch_raises_typed_error_and_stores_nothing(
         return pd.DataFrame({"symbol": [symbol], "date": [start_date], "close": [1.0]})
 
     cache = make_cache(
-        table_name="guarded", key_columns=["symbol"], time_column="date", time_increment=DAY,
-        data_fetcher=bad, price=Float,
+        table_name="guarded",
+        key_columns=["symbol"],
+        time_column="date",
+        time_increment=DAY,
+        data_fetcher=bad,
+        price=Float,
     )
     with pytest.raises(SchemaMismatchError) as info:
         cache.get_data(symbol="A", start_date="2024-01-01", end_date="2024-01-02")
@@ -243,8 +287,12 @@ def test_unconvertible_values_are_a_schema_mismatch(make_cache: Callable[..., An
         return pd.DataFrame({"symbol": [symbol], "date": [start_date], "price": ["n/a"]})
 
     cache = make_cache(
-        table_name="typed", key_columns=["symbol"], time_column="date", time_increment=DAY,
-        data_fetcher=bad, price=Float,
+        table_name="typed",
+        key_columns=["symbol"],
+        time_column="date",
+        time_increment=DAY,
+        data_fetcher=bad,
+        price=Float,
     )
     with pytest.raises(SchemaMismatchError) as info:
         cache.get_data(symbol="A", start_date="2024-01-01", end_date="2024-01-01")
@@ -260,19 +308,36 @@ def test_time_inputs_naive_aware_and_dates_are_utc(make_cache: Callable[..., Any
         hours = pd.date_range(start_date, end_date, freq="h")
         # The source answers in New York time: stored instants must still be UTC.
         return pd.DataFrame(
-            {"sensor": sensor, "ts": hours.tz_convert("America/New_York"), "value": range(len(hours))}
+            {
+                "sensor": sensor,
+                "ts": hours.tz_convert("America/New_York"),
+                "value": range(len(hours)),
+            }
         )
 
     cache = make_cache(
-        table_name="ticks", key_columns=["sensor"], time_column="ts",
-        time_increment=timedelta(hours=1), data_fetcher=ticks, value=Float,
+        table_name="ticks",
+        key_columns=["sensor"],
+        time_column="ts",
+        time_increment=timedelta(hours=1),
+        data_fetcher=ticks,
+        value=Float,
     )
     aware_start = datetime(2024, 1, 1, 0, 0, tzinfo=timezone(timedelta(hours=-5)))  # 05:00 UTC
     df = cache.get_data(sensor="s1", start_date=aware_start, end_date="2024-01-01 08:00")
-    assert seen == [(pd.Timestamp("2024-01-01 05:00", tz="UTC"), pd.Timestamp("2024-01-01 08:00", tz="UTC"))]
-    assert df["ts"].tolist() == list(pd.date_range("2024-01-01 05:00", "2024-01-01 08:00", freq="h", tz="UTC"))
-    df2 = cache.get_data(sensor="s1", start_date=date(2024, 1, 1), end_date=pd.Timestamp("2024-01-01 06:30"))
-    assert seen[-1] == (pd.Timestamp("2024-01-01 00:00", tz="UTC"), pd.Timestamp("2024-01-01 04:00", tz="UTC"))
+    assert seen == [
+        (pd.Timestamp("2024-01-01 05:00", tz="UTC"), pd.Timestamp("2024-01-01 08:00", tz="UTC"))
+    ]
+    assert df["ts"].tolist() == list(
+        pd.date_range("2024-01-01 05:00", "2024-01-01 08:00", freq="h", tz="UTC")
+    )
+    df2 = cache.get_data(
+        sensor="s1", start_date=date(2024, 1, 1), end_date=pd.Timestamp("2024-01-01 06:30")
+    )
+    assert seen[-1] == (
+        pd.Timestamp("2024-01-01 00:00", tz="UTC"),
+        pd.Timestamp("2024-01-01 04:00", tz="UTC"),
+    )
     assert len(df2) == 7  # 00:00 .. 06:00, the requested range exactly
 
 
@@ -285,8 +350,12 @@ def test_integer_sequences_use_start_and_end(make_cache: Callable[..., Any]) -> 
         return pd.DataFrame({"chain": chain, "height": heights, "size": [h * 2 for h in heights]})
 
     cache = make_cache(
-        table_name="blocks", key_columns=["chain"], time_column="height", ordered_increment=10,
-        data_fetcher=blocks, size=Integer,
+        table_name="blocks",
+        key_columns=["chain"],
+        time_column="height",
+        ordered_increment=10,
+        data_fetcher=blocks,
+        size=Integer,
     )
     df = cache.get_data(chain="btc", start=100, end=200)
     assert df["height"].tolist() == list(range(100, 201, 10))
@@ -299,10 +368,14 @@ def test_integer_sequences_use_start_and_end(make_cache: Callable[..., Any]) -> 
         cache.get_data(chain="btc", start="a", end=5)
 
 
-def test_custom_gap_detector_decides_the_fetches(make_cache: Callable[..., Any], source: Any) -> None:
+def test_custom_gap_detector_decides_the_fetches(
+    make_cache: Callable[..., Any], source: Any
+) -> None:
     seen: list[tuple[dict[str, Any], int]] = []
 
-    def whole_month(query: dict[str, Any], cached: pd.DataFrame, cache: SqlCache) -> list[dict[str, Any]]:
+    def whole_month(
+        query: dict[str, Any], cached: pd.DataFrame, cache: SqlCache
+    ) -> list[dict[str, Any]]:
         seen.append((query, len(cached)))
         if cache.find_gaps(**query) == []:
             return []
@@ -311,8 +384,14 @@ def test_custom_gap_detector_decides_the_fetches(make_cache: Callable[..., Any],
         return [{"symbol": query["symbol"], "start_date": start, "end_date": end}]
 
     cache = make_cache(
-        table_name="monthly", key_columns=["symbol"], time_column="date", time_increment=DAY,
-        data_fetcher=source, gap_detector=whole_month, price=Float, volume=Integer,
+        table_name="monthly",
+        key_columns=["symbol"],
+        time_column="date",
+        time_increment=DAY,
+        data_fetcher=source,
+        gap_detector=whole_month,
+        price=Float,
+        volume=Integer,
     )
     df = cache.get_data(symbol="AAPL", start_date="2024-02-10", end_date="2024-02-12")
     assert source.calls == [("AAPL", "2024-02-01", "2024-02-29")]

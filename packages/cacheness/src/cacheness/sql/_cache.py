@@ -578,7 +578,9 @@ class SqlCache:
             return [], "hit"
         if self.mode == "lookup":
             valid = {e.key for e in self.ledger.entries(conn, req.labels) if e.valid(now)}
-            missing = [(k, lab) for k, lab in zip(req.keys, req.labels, strict=True) if lab not in valid]
+            missing = [
+                (k, lab) for k, lab in zip(req.keys, req.labels, strict=True) if lab not in valid
+            ]
             if not missing:
                 return [], "hit"
             kind: Literal["hit", "partial", "miss"] = (
@@ -613,9 +615,7 @@ class SqlCache:
 
     def _lookup_tasks(self, missing: list[tuple[tuple[Any, ...], str]]) -> list[_Task]:
         if self.batch_fetch:
-            params = {
-                col: [k[i] for k, _ in missing] for i, col in enumerate(self.key_columns)
-            }
+            params = {col: [k[i] for k, _ in missing] for i, col in enumerate(self.key_columns)}
             return [_Task(params, [_Cover(lab, k, None) for k, lab in missing])]
         return [
             _Task(dict(zip(self.key_columns, k, strict=True)), [_Cover(lab, k, None)])
@@ -634,7 +634,9 @@ class SqlCache:
         return [t.params for t in tasks]
 
     def _tasks_from_detector(self, fetches: Any) -> list[_Task]:
-        if not isinstance(fetches, list | tuple) or not all(isinstance(f, Mapping) for f in fetches):
+        if not isinstance(fetches, list | tuple) or not all(
+            isinstance(f, Mapping) for f in fetches
+        ):
             raise CacheConfigError(
                 f"gap_detector returned {fetches!r}; it must return a list of dicts, one "
                 "per fetcher call (an empty list when nothing is missing)"
@@ -654,12 +656,18 @@ class SqlCache:
                 lists = [_as_list(params[c]) for c in self.key_columns]
                 if all(v is None for v in lists):
                     cols = [[params[c]] for c in self.key_columns]
-                elif all(v is not None for v in lists) and len({len(v) for v in lists if v is not None}) == 1:
+                elif (
+                    all(v is not None for v in lists)
+                    and len({len(v) for v in lists if v is not None}) == 1
+                ):
                     cols = [v for v in lists if v is not None]
                 else:
                     return []
                 keys = [
-                    tuple(self.schema.bind_key(c, v) for c, v in zip(self.key_columns, row, strict=True))
+                    tuple(
+                        self.schema.bind_key(c, v)
+                        for c, v in zip(self.key_columns, row, strict=True)
+                    )
                     for row in zip(*cols, strict=True)
                 ]
                 return [_Cover(TableSchema.label(k), k, None) for k in keys]
@@ -698,7 +706,9 @@ class SqlCache:
                 logger.debug("hit on %s for %d key(s)", self.table_name, len(req.keys))
                 return self._read(conn, req)
         lease_keys = _LOOKUP_LEASE if self.mode == "lookup" else None
-        with self._leased([lease_keys] if lease_keys else [c.label for t in tasks for c in t.covers]):
+        with self._leased(
+            [lease_keys] if lease_keys else [c.label for t in tasks for c in t.covers]
+        ):
             with self._db("read the coverage ledger"), self.engine.connect() as conn:
                 # Another process may have fetched while we waited for the lease.
                 tasks, kind = self._plan(conn, req, self._clock())
@@ -861,9 +871,7 @@ class SqlCache:
             labels = {e.key for e in self.ledger.entries(conn)}
             for label in labels:
                 values = json.loads(label)
-                if all(
-                    w is None or _json_key(v) in w for w, v in zip(wanted, values, strict=True)
-                ):
+                if all(w is None or _json_key(v) in w for w, v in zip(wanted, values, strict=True)):
                     if lo is None and hi is None:
                         self.ledger.forget(conn, label, None, None)
                     else:

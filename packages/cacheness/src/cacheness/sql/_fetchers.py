@@ -45,9 +45,7 @@ def make_engine(url: str, engine_kwargs: Mapping[str, Any] | None = None) -> sa.
             "'sqlite:///cache.db' or 'postgresql+psycopg://user@host/db'"
         ) from exc
     except ImportError as exc:
-        raise CacheConfigError(
-            f"the driver for {_redact(url)!r} is not installed: {exc}"
-        ) from exc
+        raise CacheConfigError(f"the driver for {_redact(url)!r} is not installed: {exc}") from exc
     if engine.dialect.name == "postgresql":
 
         @sa.event.listens_for(engine, "connect")

@@ -92,7 +92,9 @@ class Ledger:
             return [Entry(*r) for r in conn.execute(base.order_by(c.key, c.lo))]
         out: list[Entry] = []
         for chunk in _chunks(list(keys)):
-            stmt = base.where(c.key == chunk[0]) if len(chunk) == 1 else base.where(c.key.in_(chunk))
+            stmt = (
+                base.where(c.key == chunk[0]) if len(chunk) == 1 else base.where(c.key.in_(chunk))
+            )
             out.extend(Entry(*r) for r in conn.execute(stmt))
         return out
 
@@ -145,7 +147,9 @@ class Ledger:
 
     def delete_ids(self, conn: sa.Connection, ids: Sequence[int]) -> None:
         for i in range(0, len(ids), _IN_CHUNK):
-            conn.execute(self.coverage.delete().where(self.coverage.c.id.in_(ids[i : i + _IN_CHUNK])))
+            conn.execute(
+                self.coverage.delete().where(self.coverage.c.id.in_(ids[i : i + _IN_CHUNK]))
+            )
 
     def clear(self, conn: sa.Connection) -> None:
         conn.execute(self.coverage.delete())
@@ -183,7 +187,12 @@ class Ledger:
         while True:
             now = time.time()
             params = [
-                {"key": k, "owner": token, "expires_at": now + lease_seconds, "_lease_s": lease_seconds}
+                {
+                    "key": k,
+                    "owner": token,
+                    "expires_at": now + lease_seconds,
+                    "_lease_s": lease_seconds,
+                }
                 for k in ordered
             ]
             with engine.connect() as conn:

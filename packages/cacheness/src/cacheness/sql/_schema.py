@@ -77,7 +77,8 @@ class ColumnSpec:
 def _pylist(values: pd.Series) -> list[Any]:
     """Python objects with every missing value as None (what every DBAPI binds as NULL)."""
     obj = values.astype(object)
-    return obj.where(values.notna(), None).tolist()  # type: ignore[no-any-return]
+    out: list[Any] = obj.where(values.notna(), None).tolist()
+    return out
 
 
 class TableSchema:
@@ -227,7 +228,8 @@ class TableSchema:
             us = series_to_us(column)
             if self.native_instants:
                 return _pylist(us_to_series(us).dt.to_pydatetime())
-            return us.tolist()  # type: ignore[no-any-return]
+            plain: list[Any] = us.tolist()
+            return plain
         if kind == "int":
             num = pd.to_numeric(column)
             if num.dtype.kind == "f":
@@ -256,7 +258,10 @@ class TableSchema:
         cols: list[Sequence[Any]] = (
             list(zip(*rows, strict=True)) if rows else [() for _ in self.columns]
         )
-        data = {spec.name: self._from_db(spec, vals) for spec, vals in zip(self.columns, cols, strict=True)}
+        data = {
+            spec.name: self._from_db(spec, vals)
+            for spec, vals in zip(self.columns, cols, strict=True)
+        }
         return pd.DataFrame(data, copy=False)
 
     def _from_db(self, spec: ColumnSpec, values: Sequence[Any]) -> Any:
