@@ -1,0 +1,741 @@
+"""The workload groups. Each ``run_<group>(plan, workdir)`` returns result rows.
+
+Every group interleaves systems (each repetition starts with a different
+one), gives each measurement a fresh directory under the same base and drops
+it afterwards, and checks every value read back against the value written.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from benchmarks import adapters
+from benchmarks._collect import Collector, same
+from benchmarks._core import MB, PeakRSS, Row, Workdir, dir_bytes, percentile, rotate, status_row
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Plan:
+    quick: bool
+    reps: int
+    small_ops: int
+    array_mb: int
+    df_rows: int
+    lat_small: int
+    lat_big: int
+    lat_samples: int
+    lat_budget_s: float
+    hash_mb: int
+    conc_procs: int
+    conc_ops: int
+    conc_keys: int
+
+    @classmethod
+    def make(cls, quick: bool, reps: int | None = None) -> Plan:
+        if quick:
+            return cls(
+                quick=True,
+                reps=reps or 3,
+                small_ops=300,
+                array_mb=16,
+                df_rows=100_000,
+                lat_small=1_000,
+                lat_big=50_000,
+                lat_samples=500,
+                lat_budget_s=40.0,
+                hash_mb=32,
+                conc_procs=4,
+                conc_ops=200,
+                conc_keys=100,
+            )
+        return cls(
+            quick=False,
+            reps=reps or 5,
+            small_ops=2_000,
+            array_mb=100,
+            df_rows=1_000_000,
+            lat_small=1_000,
+            lat_big=1_000_000,
+            lat_samples=2_000,
+            lat_budget_s=200.0,
+            hash_mb=100,
+            conc_procs=4,
+            conc_ops=1_500,
+            conc_keys=500,
+        )
+
+
+def _available(
+    coll: Collector, workload: str, names: list[str], make: Callable[[str], Any]
+) -> list[str]:
+    """Systems that import; the others get an "unavailable" row and are left out."""
+    ok = []
+    for name in names:
+        adapter = make(name)
+        reason = adapter.unavailable()
+        if reason is None:
+            ok.append(name)
+        else:
+            coll.mark(workload, name, adapter.kind, "unavailable", reason)
+    return ok
+
+
+def _us(ns: int) -> float:
+    return ns / 1_000.0
+
+
+# --------------------------------------------------------------------------- small values
+
+SMALL_SYSTEMS = [
+    "cacheness",
+    "cacheness+mem",
+    "cacheness.BlobStore",
+    "diskcache.Cache",
+    "joblib.Memory",
+    "cachier",
+    "pickle-file",
+]
+
+
+def small_value(i: int) -> dict[str, Any]:
+    """A ~1 KB dict (pickled), distinct per key."""
+    return {
+        "id": i,
+        "name": f"user-{i:08d}",
+        "score": i * 0.5,
+        "tags": ["alpha", "beta", "gamma", str(i)],
+        "payload": "x" * 900,
+    }
+
+
+def run_small(plan: Plan, work: Workdir) -> list[Row]:
+    coll = Collector("small")
+    workload = "1 KB dict"
+    n = plan.small_ops
+    keys = [f"key-{i}" for i in range(n)]
+    values = [small_value(i) for i in range(n)]
+    systems = _available(coll, workload, SMALL_SYSTEMS, adapters.make_store)
+    for rep in range(plan.reps):
+        for name in rotate(systems, rep):
+            if coll.failed(workload, name):
+                continue
+            adapter = adapters.make_store(name)
+            try:
+                with work.fresh(name) as path:
+                    adapter.open(path)
+                    try:
+                        puts, gets, again = _small_pass(adapter, keys, values, coll, workload, name)
+                        size = dir_bytes(path) / n
+                    finally:
+                        adapter.close()
+            except Exception as exc:
+                coll.fail(workload, name, adapter.kind, exc)
+                continue
+            kind = adapter.kind
+            coll.add(workload, "put", "µs/op", "lower", name, kind, statistics.median(puts))
+            coll.add(workload, "get", "µs/op", "lower", name, kind, statistics.median(gets))
+            coll.add(
+                workload, "get (repeat)", "µs/op", "lower", name, kind, statistics.median(again)
+            )
+            coll.add(workload, "disk per entry", "bytes", "lower", name, kind, size, adapter.notes)
+    return coll.rows()
+
+
+def _small_pass(
+    adapter: adapters.StoreAdapter,
+    keys: list[str],
+    values: list[dict[str, Any]],
+    coll: Collector,
+    workload: str,
+    name: str,
+) -> tuple[list[float], list[float], list[float]]:
+    clock = time.perf_counter_ns
+    puts = []
+    for key, value in zip(keys, values, strict=True):
+        t0 = clock()
+        adapter.put(key, value)
+        puts.append(_us(clock() - t0))
+    order = list(range(len(keys)))
+    random.Random(7).shuffle(order)
+    passes: list[list[float]] = []
+    for _ in range(2):
+        times = []
+        for i in order:
+            key = keys[i]
+            t0 = clock()
+            got = adapter.get(key)
+            times.append(_us(clock() - t0))
+            coll.check(workload, name, same(values[i], got))
+        passes.append(times)
+    return puts, passes[0], passes[1]
+
+
+# --------------------------------------------------------------------------- decorator
+
+DECORATOR_SYSTEMS = [
+    "cacheness.cached",
+    "cacheness.cached+mem",
+    "diskcache.memoize",
+    "joblib.Memory",
+    "cachier",
+    "functools.lru_cache",
+]
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def run_decorator(plan: Plan, work: Workdir) -> list[Row]:
+    coll = Collector("decorator")
+    workload = "one-int-argument function"
+    n = plan.small_ops
+    systems = _available(coll, workload, DECORATOR_SYSTEMS, adapters.make_decorator)
+    clock = time.perf_counter_ns
+    for rep in range(plan.reps):
+        for name in rotate(systems, rep):
+            if coll.failed(workload, name):
+                continue
+            adapter = adapters.make_decorator(name)
+            misses: list[float] = []
+            hits: list[float] = []
+            try:
+                with work.fresh(name) as path:
+                    func = adapter.wrap(square, path)
+                    try:
+                        for x in range(n):
+                            t0 = clock()
+                            got = func(x)
+                            misses.append(_us(clock() - t0))
+                            coll.check(workload, name, got == x * x)
+                        for x in range(n):
+                            t0 = clock()
+                            got = func(x)
+                            hits.append(_us(clock() - t0))
+                            coll.check(workload, name, got == x * x)
+                    finally:
+                        adapter.close()
+            except Exception as exc:
+                coll.fail(workload, name, adapter.kind, exc)
+                continue
+            kind = adapter.kind
+            coll.add(workload, "hit", "µs/call", "lower", name, kind, statistics.median(hits))
+            coll.add(
+                workload,
+                "miss (key + store)",
+                "µs/call",
+                "lower",
+                name,
+                kind,
+                statistics.median(misses),
+                adapter.notes,
+            )
+    return coll.rows()
+
+
+# --------------------------------------------------------------------------- 100 MB arrays
+
+LARGE_SYSTEMS = [
+    "cacheness",
+    "cacheness.BlobStore",
+    "diskcache.Cache",
+    "joblib.Memory",
+    "cachier",
+    "pickle-file",
+]
+
+
+def make_arrays(mb: int) -> dict[str, Any]:
+    import numpy as np
+
+    n = mb * 2**20 // 8
+    return {
+        f"float64 {mb} MiB random normal": np.random.default_rng(0).standard_normal(n),
+        f"float64 {mb} MiB np.arange": np.arange(n, dtype=np.float64),
+    }
+
+
+def run_arrays(plan: Plan, work: Workdir) -> list[Row]:
+    coll = Collector("arrays")
+    arrays = make_arrays(plan.array_mb)
+    note = "" if not plan.quick else "quick mode: smaller array than the full run's 100 MiB"
+    for workload, arr in arrays.items():
+        _large_value(plan, work, coll, workload, arr, throughput=True, note=note)
+    del arrays
+    gc.collect()
+    return coll.rows()
+
+
+def _large_value(
+    plan: Plan,
+    work: Workdir,
+    coll: Collector,
+    workload: str,
+    value: Any,
+    *,
+    throughput: bool,
+    note: str,
+) -> None:
+    nbytes = _nbytes(value)
+    systems = _available(coll, workload, LARGE_SYSTEMS, adapters.make_store)
+    for rep in range(plan.reps):
+        for name in rotate(systems, rep):
+            if coll.failed(workload, name):
+                continue
+            adapter = adapters.make_store(name)
+            try:
+                with work.fresh(name) as path:
+                    gc.collect()
+                    adapter.open(path)
+                    try:
+                        with PeakRSS() as put_mem:
+                            t0 = time.perf_counter()
+                            adapter.put("value", value)
+                            t_put = time.perf_counter() - t0
+                    finally:
+                        adapter.close()
+                    size = dir_bytes(path)
+                    # Reopen: the get reads what is on disk (through the page cache),
+                    # never an object some layer kept in memory from the put.
+                    adapter.open(path)
+                    try:
+                        gc.collect()
+                        with PeakRSS() as get_mem:
+                            t0 = time.perf_counter()
+                            got = adapter.get("value")
+                            t_get = time.perf_counter() - t0
+                    finally:
+                        adapter.close()
+                    coll.check(workload, name, same(value, got))
+                    del got
+            except Exception as exc:
+                coll.fail(workload, name, adapter.kind, exc)
+                continue
+            kind = adapter.kind
+            if throughput:
+                coll.add(workload, "put", "MB/s", "higher", name, kind, nbytes / MB / t_put)
+                coll.add(workload, "get", "MB/s", "higher", name, kind, nbytes / MB / t_get)
+            else:
+                coll.add(workload, "put", "s", "lower", name, kind, t_put)
+                coll.add(workload, "get", "s", "lower", name, kind, t_get)
+            coll.add(workload, "on disk", "MB", "lower", name, kind, size / MB, note)
+            for label, mem in (("put", put_mem), ("get", get_mem)):
+                coll.add(
+                    workload,
+                    f"{label} peak RSS growth",
+                    "MB",
+                    "lower",
+                    name,
+                    kind,
+                    mem.growth_mb,
+                    adapter.notes,
+                )
+
+
+def _nbytes(value: Any) -> int:
+    nbytes = getattr(value, "nbytes", None)
+    if nbytes is not None:
+        return int(nbytes)
+    return int(value.memory_usage(deep=True).sum())
+
+
+# --------------------------------------------------------------------------- DataFrame
+
+
+def make_frame(rows: int) -> Any:
+    import numpy as np
+    import pandas as pd  # type: ignore[import-untyped, unused-ignore]
+
+    rng = np.random.default_rng(1)
+    cities = np.array(["Berlin", "Lagos", "Lima", "Osaka", "Perth", "Quito", "Rome", "Oslo"])
+    return pd.DataFrame(
+        {
+            "f1": rng.standard_normal(rows),
+            "f2": rng.uniform(0, 1000, rows),
+            "f3": np.round(rng.standard_normal(rows) * 100, 2),
+            "i1": rng.integers(0, 1_000_000, rows, dtype=np.int64),
+            "i2": rng.integers(0, 100, rows, dtype=np.int32),
+            "cat1": pd.Categorical(rng.choice(cities, rows)),
+            "cat2": pd.Categorical(rng.choice(["low", "mid", "high"], rows), ordered=False),
+            "s1": pd.Series(rng.integers(0, 10**9, rows)).map("id-{:09d}".format),
+            "s2": pd.Series(rng.choice(cities, rows)).str.lower() + "-x",
+            "ts": pd.Timestamp("2024-01-01")
+            + pd.to_timedelta(rng.integers(0, 86_400 * 365, rows), unit="s"),
+        }
+    )
+
+
+def run_dataframe(plan: Plan, work: Workdir) -> list[Row]:
+    coll = Collector("dataframe")
+    frame = make_frame(plan.df_rows)
+    workload = f"DataFrame {plan.df_rows:,} x 10 mixed"
+    note = "" if not plan.quick else "quick mode: fewer rows than the full run's 1,000,000"
+    _large_value(plan, work, coll, workload, frame, throughput=False, note=note)
+    _frame_references(plan, work, coll, workload, frame)
+    return coll.rows()
+
+
+def _frame_references(
+    plan: Plan, work: Workdir, coll: Collector, workload: str, frame: Any
+) -> None:
+    import pandas as pd  # type: ignore[import-untyped, unused-ignore]
+
+    formats: dict[str, tuple[Callable[[Any, str], None], Callable[[str], Any]]] = {
+        "to_parquet (pyarrow)": (lambda df, p: df.to_parquet(p), pd.read_parquet),
+        "to_pickle": (lambda df, p: df.to_pickle(p), pd.read_pickle),
+    }
+    for rep in range(plan.reps):
+        for name in rotate(list(formats), rep):
+            write, read = formats[name]
+            try:
+                with work.fresh(name) as path:
+                    target = str(path / "frame")
+                    t0 = time.perf_counter()
+                    write(frame, target)
+                    t_put = time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    got = read(target)
+                    t_get = time.perf_counter() - t0
+                    size = dir_bytes(path)
+                    coll.check(workload, name, same(frame, got))
+            except Exception as exc:
+                coll.fail(workload, name, "reference", exc)
+                continue
+            coll.add(workload, "put", "s", "lower", name, "reference", t_put)
+            coll.add(workload, "get", "s", "lower", name, "reference", t_get)
+            coll.add(workload, "on disk", "MB", "lower", name, "reference", size / MB)
+
+
+# --------------------------------------------------------------------------- key hashing
+
+HASH_SYSTEMS = ["cacheness.cached", "diskcache.memoize", "joblib.Memory", "cachier"]
+
+
+def array_total(a: Any) -> float:
+    return float(a.sum())
+
+
+def run_hashing(plan: Plan, work: Workdir) -> list[Row]:
+    import numpy as np
+    import xxhash
+
+    coll = Collector("hashing")
+    arr = np.random.default_rng(2).standard_normal(plan.hash_mb * 2**20 // 8)
+    expected = float(arr.sum())
+    wl_key = f"key of a {plan.hash_mb} MiB array argument"
+    wl_hit = f"hit of f(array) with a {plan.hash_mb} MiB argument"
+    systems = _available(coll, wl_key, HASH_SYSTEMS, adapters.make_decorator)
+    for name in HASH_SYSTEMS:
+        if name not in systems:
+            adapter = adapters.make_decorator(name)
+            coll.mark(wl_hit, name, adapter.kind, "unavailable", adapter.unavailable() or "")
+    key_notes = {
+        "cacheness.cached": "f.cache_key(arr)",
+        "diskcache.memoize": "pickle of the key tuple (Disk.put), paid by every call",
+        "joblib.Memory": "joblib.hash",
+        "cachier": "default hash_func: pickle + sha256",
+    }
+    for rep in range(plan.reps):
+        for name in rotate(systems, rep):
+            if coll.failed(wl_key, name):
+                continue
+            adapter = adapters.make_decorator(name)
+            try:
+                with work.fresh(name) as path:
+                    func = adapter.wrap(array_total, path)
+                    try:
+                        t0 = time.perf_counter()
+                        adapter.key_of(func, arr)
+                        t_key = time.perf_counter() - t0
+                        first = func(arr)
+                        t0 = time.perf_counter()
+                        got = func(arr)
+                        t_hit = time.perf_counter() - t0
+                    finally:
+                        adapter.close()
+                    coll.check(wl_key, name, first == expected)
+                    coll.check(wl_hit, name, got == expected)
+            except Exception as exc:
+                coll.fail(wl_key, name, adapter.kind, exc)
+                coll.fail(wl_hit, name, adapter.kind, exc)
+                continue
+            coll.add(wl_key, "key", "ms", "lower", name, adapter.kind, t_key * 1e3, key_notes[name])
+            coll.add(wl_hit, "hit", "ms", "lower", name, adapter.kind, t_hit * 1e3)
+        t0 = time.perf_counter()
+        xxhash.xxh3_128(arr.data.cast("B")).hexdigest()
+        coll.add(
+            wl_key,
+            "key",
+            "ms",
+            "lower",
+            "xxh3_128(buffer)",
+            "reference",
+            (time.perf_counter() - t0) * 1e3,
+            "floor: one pass over the memory",
+        )
+    return coll.rows()
+
+
+# --------------------------------------------------------------------------- latency vs size
+
+LATENCY_SYSTEMS = ["cacheness", "cacheness.BlobStore", "diskcache.Cache"]
+LATENCY_SKIPPED = {
+    "joblib.Memory": "peer",
+    "cachier": "peer",
+}
+
+
+def run_latency(plan: Plan, work: Workdir) -> list[Row]:
+    coll = Collector("latency")
+    small, big = plan.lat_small, plan.lat_big
+    wl_small = f"get latency at {small:,} entries"
+    wl_big = f"get latency at {big:,} entries"
+    wl_build = f"build a {big:,}-entry store"
+    wl_growth = f"p50 growth {small:,} -> {big:,} entries"
+    note = "" if not plan.quick else "quick mode: 50,000 entries instead of 1,000,000"
+    systems = _available(coll, wl_small, LATENCY_SYSTEMS, adapters.make_store)
+    for name, kind in LATENCY_SKIPPED.items():
+        for wl in (wl_small, wl_big):
+            coll.mark(wl, name, kind, "skipped", "one file or directory per entry: not built")
+    opened: dict[str, adapters.StoreAdapter] = {}
+    counts: dict[str, int] = {}
+    p50_small: dict[str, float] = {}
+    try:
+        with _ExitDirs(work) as dirs:
+            for name in systems:
+                adapter = adapters.make_store(name)
+                try:
+                    adapter.open(dirs.make(name))
+                    _fill(adapter, 0, small, budget=None)
+                except Exception as exc:
+                    coll.fail(wl_small, name, adapter.kind, exc)
+                    adapter.close()
+                    continue
+                opened[name] = adapter
+                counts[name] = small
+            _measure_latency(plan, coll, wl_small, opened, counts, p50_small, note="")
+            for name, adapter in list(opened.items()):
+                try:
+                    t0 = time.perf_counter()
+                    counts[name] = _fill(adapter, small, big, budget=plan.lat_budget_s)
+                    elapsed = time.perf_counter() - t0
+                except Exception as exc:
+                    coll.fail(wl_build, name, adapter.kind, exc)
+                    coll.fail(wl_big, name, adapter.kind, exc)
+                    adapter.close()
+                    del opened[name]
+                    continue
+                added = counts[name] - small
+                how = "bulk (transact)" if hasattr(adapter, "put_many") else "one put per entry"
+                reached = "" if counts[name] >= big else f"budget hit: {counts[name]:,} entries"
+                coll.add(wl_build, "build", "s", "lower", name, adapter.kind, elapsed, how)
+                coll.add(
+                    wl_build,
+                    "build per entry",
+                    "µs",
+                    "lower",
+                    name,
+                    adapter.kind,
+                    elapsed / max(added, 1) * 1e6,
+                    reached,
+                )
+            p50_big: dict[str, float] = {}
+            _measure_latency(plan, coll, wl_big, opened, counts, p50_big, note=note)
+            for name, adapter in opened.items():
+                if name in p50_small and name in p50_big:
+                    coll.add(
+                        wl_growth,
+                        "p50 ratio",
+                        "x",
+                        "lower",
+                        name,
+                        adapter.kind,
+                        p50_big[name] / p50_small[name],
+                        note,
+                    )
+    finally:
+        for adapter in opened.values():
+            adapter.close()
+    return coll.rows()
+
+
+def latency_value(i: int) -> dict[str, int]:
+    return {"i": i}
+
+
+def _fill(adapter: adapters.StoreAdapter, start: int, stop: int, budget: float | None) -> int:
+    """Put entries start..stop-1; stop early when the time budget runs out."""
+    t0 = time.perf_counter()
+    batch = 2_000
+    put_many = getattr(adapter, "put_many", None)
+    i = start
+    while i < stop:
+        end = min(stop, i + batch)
+        if put_many is not None:
+            put_many([(f"k{j}", latency_value(j)) for j in range(i, end)])
+        else:
+            for j in range(i, end):
+                adapter.put(f"k{j}", latency_value(j))
+        i = end
+        if budget is not None and time.perf_counter() - t0 > budget:
+            logger.warning("%s: build budget of %.0f s hit at %d entries", adapter.name, budget, i)
+            break
+    return i
+
+
+def _measure_latency(
+    plan: Plan,
+    coll: Collector,
+    workload: str,
+    opened: dict[str, adapters.StoreAdapter],
+    counts: dict[str, int],
+    p50s: dict[str, float],
+    note: str,
+) -> None:
+    clock = time.perf_counter_ns
+    per_system: dict[str, list[float]] = {name: [] for name in opened}
+    for rep in range(plan.reps):
+        for name in rotate(list(opened), rep):
+            adapter = opened[name]
+            if coll.failed(workload, name):
+                continue
+            rng = random.Random(rep * 1000 + 11)
+            times = []
+            try:
+                for _ in range(plan.lat_samples):
+                    i = rng.randrange(counts[name])
+                    t0 = clock()
+                    got = adapter.get(f"k{i}")
+                    times.append(_us(clock() - t0))
+                    coll.check(workload, name, got == latency_value(i))
+            except Exception as exc:
+                coll.fail(workload, name, adapter.kind, exc)
+                continue
+            coll.add(workload, "get p50", "µs", "lower", name, adapter.kind, percentile(times, 50))
+            coll.add(
+                workload, "get p99", "µs", "lower", name, adapter.kind, percentile(times, 99), note
+            )
+            per_system[name].append(percentile(times, 50))
+    for name, values in per_system.items():
+        if values:
+            p50s[name] = statistics.median(values)
+
+
+class _ExitDirs:
+    """Several directories alive at once (one big store per system), all dropped at exit."""
+
+    def __init__(self, work: Workdir) -> None:
+        self.work = work
+        self._stack: list[Any] = []
+
+    def make(self, label: str) -> Any:
+        ctx = self.work.fresh(label)
+        path = ctx.__enter__()
+        self._stack.append(ctx)
+        return path
+
+    def __enter__(self) -> _ExitDirs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        while self._stack:
+            self._stack.pop().__exit__(None, None, None)
+
+
+# --------------------------------------------------------------------------- import time
+
+IMPORTS = {
+    "cacheness": ("import cacheness", "ours"),
+    "diskcache.Cache": ("import diskcache", "peer"),
+    "joblib.Memory": ("import joblib", "peer"),
+    "cachier": ("import cachier", "peer"),
+}
+
+
+def run_import(plan: Plan, work: Workdir) -> list[Row]:
+    coll = Collector("import")
+    workload = "import in a fresh interpreter"
+
+    def wall(code: str) -> float:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+        return time.perf_counter() - t0
+
+    for rep in range(plan.reps):
+        for name in rotate(list(IMPORTS), rep):
+            code, kind = IMPORTS[name]
+            if coll.failed(workload, name):
+                continue
+            try:
+                base = wall("pass")
+                spent = wall(code)
+            except subprocess.CalledProcessError as exc:
+                coll.mark(workload, name, kind, "unavailable", exc.stderr.decode()[-200:])
+                continue
+            coll.add(
+                workload,
+                "import",
+                "ms",
+                "lower",
+                name,
+                kind,
+                max(0.0, spent - base) * 1e3,
+                "wall time minus a bare interpreter start",
+            )
+    return coll.rows()
+
+
+# --------------------------------------------------------------------------- SQL pull-through
+
+
+def run_sql(plan: Plan, work: Workdir) -> list[Row]:
+    try:
+        from benchmarks import bench_sql  # type: ignore[attr-defined]
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("benchmarks.bench_sql",):
+            raise
+        return [
+            status_row(
+                "sql",
+                "SQL pull-through",
+                "-",
+                "cacheness.sql",
+                "ours",
+                "unavailable",
+                "benchmarks/bench_sql.py not present yet",
+            )
+        ]
+    coll = Collector("sql")
+    try:
+        results = bench_sql.run(plan.quick)
+    except Exception as exc:
+        coll.fail("SQL pull-through", "cacheness.sql", "ours", exc)
+        return coll.rows()
+    for item in results:
+        system = str(item["system"])
+        kind = "ours" if system.startswith("cacheness") else "peer"
+        seconds = item.get("seconds")
+        values = seconds if isinstance(seconds, list) else [seconds]
+        for v in values:
+            coll.add(
+                str(item["workload"]),
+                "time",
+                "s",
+                "lower",
+                system,
+                kind,
+                None if v is None else float(v),
+                str(item.get("notes", "") or ""),
+            )
+    return coll.rows()
