@@ -24,12 +24,28 @@ from cacheness.storage.errors import (
 )
 
 if TYPE_CHECKING:
-    pass
+    from cacheness._cache import UnifiedCache, cacheness
+    from cacheness._config import CacheConfig, SecurityConfig
+    from cacheness._global import get_cache, reset_cache
+    from cacheness._keys import KEY_VERSION
+    from cacheness.storage.security import VALID_SIGNED_FIELDS
 
-_LAZY: dict[str, tuple[str, str]] = {}
+_LAZY: dict[str, tuple[str, str]] = {
+    "CacheConfig": ("cacheness._config", "CacheConfig"),
+    "KEY_VERSION": ("cacheness._keys", "KEY_VERSION"),
+    "SecurityConfig": ("cacheness._config", "SecurityConfig"),
+    "UnifiedCache": ("cacheness._cache", "UnifiedCache"),
+    "VALID_SIGNED_FIELDS": ("cacheness.storage.security", "VALID_SIGNED_FIELDS"),
+    "cacheness": ("cacheness._cache", "cacheness"),
+    "get_cache": ("cacheness._global", "get_cache"),
+    "reset_cache": ("cacheness._global", "reset_cache"),
+}
 
 __all__ = [
+    "KEY_VERSION",
+    "VALID_SIGNED_FIELDS",
     "CacheBackendError",
+    "CacheConfig",
     "CacheConfigError",
     "CacheError",
     "CacheIntegrityError",
@@ -37,7 +53,12 @@ __all__ = [
     "CachePluginError",
     "CacheSerializationError",
     "CacheStorageError",
+    "SecurityConfig",
+    "UnifiedCache",
     "__version__",
+    "cacheness",
+    "get_cache",
+    "reset_cache",
 ]
 
 

@@ -1,0 +1,767 @@
+"""``cacheness`` (alias ``UnifiedCache``): caching semantics over ``cacheness.storage``.
+
+Layout of a cache directory::
+
+    metadata.sqlite | metadata.json   the BlobStore's metadata (one entry per put)
+    blobs/ tmp/                       the BlobStore's content (deduplicated)
+    cache_index.sqlite | .json        the cache index (see ``_index``)
+    cache_generation                  8 bytes, memory-mapped: the write counter
+
+A put stores the value in the BlobStore under a fresh store key
+(``<cache key>#<random>``), then commits the index row pointing at it, and
+only then deletes the value it replaced and any eviction victims. A get is
+one indexed lookup in the index plus one ``BlobStore.get``.
+
+Access times and hit counts are not written on every get: they wait in
+memory and are written in one transaction every ``access_flush_seconds``
+(default 1 s), every 256 reads, before each put (so eviction sees them), by
+``stats()`` and on ``close()``. LRU/LFU order and hit counts from other
+processes are therefore up to that long out of date; the persisted counters
+lose at most the unwritten part if a process is killed.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from cacheness._config import DEFAULT_MAX_CACHE_SIZE_MB, CacheConfig
+from cacheness._index import CacheIndex, Generation, IndexRow, Limits, Pending, filter_matches
+from cacheness._keys import make_key, render_params
+from cacheness.storage import BlobStore
+from cacheness.storage.errors import (
+    CacheConfigError,
+    CacheError,
+    CacheIntegrityError,
+    CacheKeyError,
+)
+
+__all__ = ["UnifiedCache", "cacheness"]
+
+logger = logging.getLogger(__name__)
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+_UNSET: Final = _Unset()
+_MISS: Final = object()
+_FLUSH_EVERY = 256
+# Store entries nobody's index row names (a process killed between its store
+# write and its index commit) are removed by cleanup_expired() after this long.
+_ORPHAN_GRACE_S = 3600.0
+
+
+class _MemoryTier:
+    """Values of recently read keys, in this process, LRU-bounded.
+
+    Each entry remembers the store key it was read from and the generation it
+    was last checked at; a hit with a newer generation is re-checked against
+    the index (one lookup), so a write by any process is never hidden.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.entries: collections.OrderedDict[str, list[Any]] = collections.OrderedDict()
+        self.lock = threading.Lock()
+
+    def put(self, key: str, value: Any, store_key: str, expires: float | None, gen: int) -> None:
+        with self.lock:
+            self.entries[key] = [value, store_key, expires, gen]
+            self.entries.move_to_end(key)
+            while len(self.entries) > self.size:
+                self.entries.popitem(last=False)
+
+    def pop(self, key: str) -> None:
+        with self.lock:
+            self.entries.pop(key, None)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.entries.clear()
+
+
+def _check_cache_key(key: object) -> str:
+    if not isinstance(key, str) or not key or "\x00" in key:
+        raise CacheKeyError(
+            f"cache_key must be a non-empty str without NUL characters, not {key!r}"
+        )
+    return key
+
+
+def _utc(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)
+
+
+class UnifiedCache:
+    """A persistent cache of Python objects, keyed by the parameters that produced them.
+
+    ``cacheness()`` keeps its data in ``$CACHENESS_DIR`` or ``./.cacheness``;
+    pass a :class:`CacheConfig`, or any of its fields as keywords
+    (``cacheness(cache_dir="./c", default_ttl_seconds=3600)``).
+
+    >>> cache = cacheness(metadata_backend="memory")
+    >>> key = cache.put([1, 2, 3], model="x", version=2)
+    >>> cache.get(version=2, model="x")
+    [1, 2, 3]
+    >>> cache.get(model="y") is None
+    True
+    >>> cache.close()
+    """
+
+    def __init__(self, config: CacheConfig | None = None, /, **options: Any) -> None:
+        if config is None:
+            config = CacheConfig.from_kwargs(options)
+        elif not isinstance(config, CacheConfig):
+            raise CacheConfigError(
+                f"the first argument of cacheness() is a CacheConfig, not {type(config).__name__}"
+            )
+        elif options:
+            config = config.replace(**options)
+        self.config = config
+        self._clock: Callable[[], float] = time.time
+        self._closed = True
+        sec = config.security
+        backend = config.metadata_backend
+        blob_backend = config.blob_backend or ("memory" if backend == "memory" else "file")
+        needs_dir = backend != "memory" or blob_backend == "file"
+        root = config.path if needs_dir else None
+        if root is not None:
+            root.mkdir(parents=True, exist_ok=True)
+        self._store = BlobStore(
+            root,
+            backend=backend,
+            blob_backend=blob_backend,
+            compression=config.compression,
+            signing_key=sec.signing_key,
+            require_signatures=sec.require_signatures,
+            custom_signed_fields=sec.custom_signed_fields,
+            allow_dill=sec.allow_dill,
+        )
+        try:
+            self._index = self._open_index(root)
+        except BaseException:
+            self._store.close()
+            raise
+        self._gen = self._index.generation
+        self._limits = Limits(config.max_entries, config.max_bytes, config.eviction_policy)
+        self._tier = (
+            _MemoryTier(config.memory_cache_entries) if config.memory_cache_entries else None
+        )
+        self._plock = threading.Lock()
+        self._access: dict[str, list[float]] = {}
+        self._counts: dict[str, int] = {"hits": 0, "misses": 0}
+        self._ops = 0
+        self._last_flush = time.monotonic()
+        self._flush_s = config.access_flush_seconds
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self._evict_logged = False
+        self._closed = False
+
+    def _open_index(self, root: Any) -> CacheIndex:
+        policy = self.config.eviction_policy
+        if self.config.metadata_backend == "json":
+            from cacheness._json_index import JsonIndex
+
+            return JsonIndex(
+                root / "cache_index.json", Generation(root / "cache_generation"), policy
+            )
+        from cacheness._index import SqliteIndex
+
+        if self.config.metadata_backend == "memory":
+            return SqliteIndex(None, Generation(None), policy)
+        return SqliteIndex(
+            root / "cache_index.sqlite", Generation(root / "cache_generation"), policy
+        )
+
+    # ------------------------------------------------------------------ keys
+
+    def _key(
+        self, cache_key: str | None, params: dict[str, Any], on: Mapping[str, Any] | None
+    ) -> str:
+        if on:
+            params = self._merge_on(params, on)
+        if cache_key is not None:
+            return _check_cache_key(cache_key)
+        if not params:
+            raise CacheKeyError(
+                "no key parameters given: pass keyword arguments (model='x'), on={...} or "
+                "cache_key=..."
+            )
+        return make_key(params)
+
+    @staticmethod
+    def _merge_on(params: dict[str, Any], on: Mapping[str, Any]) -> dict[str, Any]:
+        if not isinstance(on, Mapping):
+            raise CacheKeyError(f"on= takes a dict of key parameters, not {type(on).__name__}")
+        both = set(params) & set(on)
+        if both:
+            raise CacheKeyError(
+                f"key parameter(s) {sorted(both)} given both as keywords and in on={{...}}; "
+                "give each once"
+            )
+        return {**params, **on}
+
+    def cache_key(self, *, on: Mapping[str, Any] | None = None, **key_params: Any) -> str:
+        """The key ``put``/``get`` would use for these key parameters."""
+        return self._key(None, key_params, on)
+
+    # ------------------------------------------------------------------ reads
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CacheError("this cache is closed; create a new one with cacheness(...)")
+
+    def _hit(self, key: str, now: float) -> None:
+        with self._plock:
+            a = self._access.get(key)
+            if a is None:
+                self._access[key] = [1, now]
+            else:
+                a[0] += 1
+                a[1] = now
+            self._counts["hits"] += 1
+            self._ops += 1
+            due = self._ops >= _FLUSH_EVERY
+        if due or time.monotonic() - self._last_flush >= self._flush_s:
+            self._flush()
+
+    def _miss(self) -> None:
+        with self._plock:
+            self._counts["misses"] += 1
+            self._ops += 1
+            due = self._ops >= _FLUSH_EVERY
+        if due or time.monotonic() - self._last_flush >= self._flush_s:
+            self._flush()
+
+    def _take_pending(self) -> Pending:
+        with self._plock:
+            access, counts = self._access, self._counts
+            self._access, self._counts = {}, {"hits": 0, "misses": 0}
+            self._ops = 0
+            self._last_flush = time.monotonic()
+        return access, counts
+
+    def _flush(self) -> None:
+        self._index.flush(self._take_pending())
+
+    def _from_tier(self, key: str, now: float) -> Any:
+        tier = self._tier
+        assert tier is not None
+        ent = tier.entries.get(key)
+        if ent is None:
+            return _MISS
+        gen = self._gen.read()
+        if ent[3] != gen:
+            # Someone wrote since this entry was checked: is it still the current value?
+            found = self._index.lookup(key)
+            if found is None or found[0] != ent[1]:
+                tier.pop(key)
+                return _MISS
+            ent[2] = found[1]
+            ent[3] = gen
+        if ent[2] is not None and ent[2] <= now:
+            tier.pop(key)
+            return _MISS
+        with tier.lock:
+            if key in tier.entries:
+                tier.entries.move_to_end(key)
+        self._hit(key, now)
+        return ent[0]
+
+    def get(
+        self,
+        /,
+        *,
+        cache_key: str | None = None,
+        default: Any = None,
+        on: Mapping[str, Any] | None = None,
+        strict_verification: bool = True,
+        **key_params: Any,
+    ) -> Any:
+        """The value stored for these key parameters, or ``default`` on a miss or expiry."""
+        if type(cache_key) is str and cache_key and not on:
+            key = cache_key  # the decorator's hot path: a key computed before
+        else:
+            key = self._key(cache_key, key_params, on)
+        if self._closed:
+            self._check_open()
+        now = self._clock()
+        if self._tier is not None:
+            value = self._from_tier(key, now)
+            if value is not _MISS:
+                return value
+            gen = self._gen.read()
+        found = self._index.lookup(key)
+        if found is None:
+            self._miss()
+            return default
+        store_key, expires = found
+        if expires is not None and expires <= now:
+            self._expire(key, store_key)
+            return default
+        value = self._load(key, store_key, strict_verification)
+        if value is _MISS:
+            self._miss()
+            return default
+        if self._tier is not None:
+            self._tier.put(key, value, store_key, expires, gen)
+        self._hit(key, now)
+        return value
+
+    def _load(self, key: str, store_key: str, strict: bool) -> Any:
+        try:
+            value = self._store.get(store_key, _MISS, strict_verification=strict)
+        except CacheIntegrityError as exc:
+            self._bad_entry(key, store_key, exc)
+            return _MISS
+        if value is _MISS:
+            # The index names a value the store no longer has (a process died
+            # between the two writes, or an eviction raced this read): a miss.
+            self._index.remove(key, store_key)
+        return value
+
+    def _bad_entry(self, key: str, store_key: str, exc: CacheIntegrityError) -> None:
+        meta = self._store.get_metadata(store_key)
+        bad_signature = meta is not None and meta.get("signature_valid") is False
+        remove = not bad_signature or self.config.security.delete_invalid_signatures
+        logger.warning(
+            "cache entry %s could not be read (%s); treating it as a miss%s",
+            key,
+            exc,
+            " and removing it" if remove else "",
+        )
+        if remove and self._index.remove(key, store_key) is not None:
+            self._store.delete(store_key)
+            if self._tier is not None:
+                self._tier.pop(key)
+
+    def _expire(self, key: str, store_key: str) -> None:
+        with self._plock:
+            self._counts["misses"] += 1
+        if self._index.remove(key, store_key, counter="expired") is not None:
+            self._store.delete(store_key)
+        if self._tier is not None:
+            self._tier.pop(key)
+
+    def _live_row(self, key: str) -> IndexRow | None:
+        row = self._index.row(key)
+        if row is None:
+            return None
+        if row.expires is not None and row.expires <= self._clock():
+            if self._index.remove(key, row.store_key, counter="expired") is not None:
+                self._store.delete(row.store_key)
+            return None
+        return row
+
+    def exists(
+        self,
+        /,
+        *,
+        cache_key: str | None = None,
+        on: Mapping[str, Any] | None = None,
+        **key_params: Any,
+    ) -> bool:
+        """True when an unexpired entry exists for these key parameters (not counted as a hit)."""
+        key = self._key(cache_key, key_params, on)
+        self._check_open()
+        found = self._index.lookup(key)
+        return found is not None and (found[1] is None or found[1] > self._clock())
+
+    def _describe(self, row: IndexRow, store_meta: Mapping[str, Any]) -> dict[str, Any]:
+        meta = dict(store_meta)
+        meta["key"] = row.key
+        meta["cache_key"] = row.key
+        meta["key_params"] = row.key_params
+        meta["description"] = row.description
+        meta["expires_at"] = _utc(row.expires)
+        meta["accessed_at"] = _utc(row.accessed)
+        with self._plock:
+            pending = self._access.get(row.key)
+            meta["hits"] = row.hits + (int(pending[0]) if pending else 0)
+        return meta
+
+    def get_with_metadata(
+        self,
+        /,
+        *,
+        cache_key: str | None = None,
+        on: Mapping[str, Any] | None = None,
+        strict_verification: bool = True,
+        **key_params: Any,
+    ) -> tuple[Any, dict[str, Any]] | None:
+        """``(value, metadata)`` or None on a miss; metadata is the store's plus
+        ``key_params``, ``expires_at``, ``hits``, ``description`` and ``cache_key``."""
+        key = self._key(cache_key, key_params, on)
+        self._check_open()
+        row = self._index.row(key)
+        now = self._clock()
+        if row is None:
+            self._miss()
+            return None
+        if row.expires is not None and row.expires <= now:
+            self._expire(key, row.store_key)
+            return None
+        try:
+            got = self._store.get_with_metadata(
+                row.store_key, strict_verification=strict_verification
+            )
+        except CacheIntegrityError as exc:
+            self._bad_entry(key, row.store_key, exc)
+            got = None
+        if got is None:
+            self._index.remove(key, row.store_key)
+            self._miss()
+            return None
+        self._hit(key, now)
+        return got[0], self._describe(row, got[1])
+
+    def get_metadata(
+        self,
+        /,
+        *,
+        cache_key: str | None = None,
+        on: Mapping[str, Any] | None = None,
+        **key_params: Any,
+    ) -> dict[str, Any] | None:
+        """The metadata ``get_with_metadata`` returns, without loading the value."""
+        key = self._key(cache_key, key_params, on)
+        self._check_open()
+        row = self._live_row(key)
+        if row is None:
+            return None
+        store_meta = self._store.get_metadata(row.store_key)
+        return None if store_meta is None else self._describe(row, store_meta)
+
+    def list_entries(self, **filters: Any) -> list[dict[str, Any]]:
+        """Metadata of every unexpired entry whose key parameters or user metadata
+        equal all of ``filters`` (sorted by cache key)."""
+        self._check_open()
+        return self._entries(None, filters)
+
+    def _entries(self, prefix: str | None, filters: Mapping[str, Any]) -> list[dict[str, Any]]:
+        self._flush()
+        now = self._clock()
+        out = []
+        for row in self._index.rows(prefix):
+            if row.expires is not None and row.expires <= now:
+                continue
+            if filters and not filter_matches(row, filters):
+                continue
+            store_meta = self._store.get_metadata(row.store_key)
+            if store_meta is not None:
+                out.append(self._describe(row, store_meta))
+        return out
+
+    # ----------------------------------------------------------------- writes
+
+    def _ttl(self, ttl_seconds: Any) -> float | None:
+        ttl = self.config.default_ttl_seconds if ttl_seconds is _UNSET else ttl_seconds
+        if ttl is None:
+            return None
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0:
+            raise CacheConfigError(f"ttl_seconds must be a number > 0 or None, not {ttl!r}")
+        return float(ttl)
+
+    def _check_custom_metadata(self, custom_metadata: Any) -> None:
+        """Seam for the custom-metadata feature, which needs an SQL metadata backend."""
+        if custom_metadata is not None:
+            raise CacheConfigError(
+                "custom_metadata needs custom metadata models, which this cache does not have "
+                "(see custom_metadata_model)"
+            )
+
+    def _attach_custom_metadata(self, key: str, custom_metadata: Any) -> None:
+        """Seam: store ``custom_metadata`` rows linked to ``key`` (after the put committed)."""
+
+    def _new_store_key(self, key: str) -> str:
+        return f"{key}#{os.urandom(8).hex()}"
+
+    def put(
+        self,
+        data: Any,
+        /,
+        *,
+        ttl_seconds: float | _Unset | None = _UNSET,
+        metadata: Mapping[str, Any] | None = None,
+        description: str | None = None,
+        on: Mapping[str, Any] | None = None,
+        cache_key: str | None = None,
+        custom_metadata: Any = None,
+        **key_params: Any,
+    ) -> str:
+        """Store ``data`` under the key of these key parameters; return the key.
+
+        ``ttl_seconds`` (default ``default_ttl_seconds``; None: never expires),
+        ``metadata`` (JSON-able dict, filterable with ``list_entries``),
+        ``description`` and ``on={...}`` (key parameters whose names are
+        reserved) are not key parameters. With ``cache_key=...`` the key is
+        the one given, and the key parameters, if any, are only recorded.
+        """
+        params = self._merge_on(key_params, on) if on else key_params
+        key = self._key(cache_key, params, None)
+        self._check_open()
+        expires_in = self._ttl(ttl_seconds)
+        self._check_custom_metadata(custom_metadata)
+        if description is not None and not isinstance(description, str):
+            raise CacheConfigError(f"description must be a str, not {type(description).__name__}")
+        rendered = render_params(params) if params else None
+        store_key = self._new_store_key(key)
+        self._store.put(data, key=store_key, metadata=metadata)
+        try:
+            meta = self._store.get_metadata(store_key)
+            if meta is None:
+                raise CacheError(f"the value for {key!r} vanished while it was stored", key=key)
+            now = self._clock()
+            row = IndexRow(
+                key=key,
+                store_key=store_key,
+                content_hash=meta["content_hash"],
+                size=int(meta["size"]),
+                created=now,
+                accessed=now,
+                hits=0,
+                expires=None if expires_in is None else now + expires_in,
+                key_params=rendered,
+                description=description,
+                metadata=meta["metadata"],
+            )
+            result = self._index.put(row, self._limits, self._take_pending())
+        except BaseException:
+            self._store.delete(store_key)
+            raise
+        if self._tier is not None:
+            self._tier.pop(key)
+        for old in ([result.replaced] if result.replaced else []) + result.victims:
+            self._store.delete(old)
+        if result.victims:
+            self._log_eviction(len(result.victims))
+        if result.oversized:
+            logger.warning(
+                "entry %s (%d bytes) is larger than max_cache_size_mb=%s on its own; it was "
+                "kept, and every other entry was evicted",
+                key,
+                row.size,
+                self.config.max_cache_size_mb,
+            )
+        if custom_metadata is not None:
+            self._attach_custom_metadata(key, custom_metadata)
+        return key
+
+    def _log_eviction(self, n: int) -> None:
+        cfg = self.config
+        default = cfg.max_cache_size_mb == DEFAULT_MAX_CACHE_SIZE_MB and cfg.max_entries is None
+        level = logging.DEBUG if self._evict_logged else logging.INFO
+        self._evict_logged = True
+        logger.log(
+            level,
+            "evicted %d entr%s (policy %s) to stay within max_entries=%s, max_cache_size_mb=%s%s",
+            n,
+            "y" if n == 1 else "ies",
+            cfg.eviction_policy,
+            cfg.max_entries,
+            cfg.max_cache_size_mb,
+            " (the default; pass max_cache_size_mb=None for no size limit)" if default else "",
+        )
+
+    def update_data(
+        self,
+        data: Any,
+        /,
+        *,
+        cache_key: str | None = None,
+        on: Mapping[str, Any] | None = None,
+        **key_params: Any,
+    ) -> bool:
+        """Replace the value of an existing entry, keeping its expiry, parameters and
+        metadata; False when there is no such (unexpired) entry."""
+        key = self._key(cache_key, key_params, on)
+        self._check_open()
+        row = self._live_row(key)
+        if row is None:
+            return False
+        store_key = self._new_store_key(key)
+        self._store.put(data, key=store_key, metadata=row.metadata)
+        try:
+            meta = self._store.get_metadata(store_key)
+            old = None
+            if meta is not None:
+                old = self._index.replace_value(
+                    key, store_key, meta["content_hash"], int(meta["size"]), self._clock()
+                )
+        except BaseException:
+            self._store.delete(store_key)
+            raise
+        if old is None:
+            self._store.delete(store_key)
+            return False
+        self._store.delete(old)
+        if self._tier is not None:
+            self._tier.pop(key)
+        return True
+
+    def touch(
+        self,
+        /,
+        ttl_seconds: float | _Unset | None = _UNSET,
+        *,
+        cache_key: str | None = None,
+        on: Mapping[str, Any] | None = None,
+        **key_params: Any,
+    ) -> bool:
+        """Restart the lifetime of an entry: ``ttl_seconds`` from now (default
+        ``default_ttl_seconds``; None: never expires). False when absent or expired."""
+        key = self._key(cache_key, key_params, on)
+        self._check_open()
+        ttl = self._ttl(ttl_seconds)
+        if self._live_row(key) is None:
+            return False
+        now = self._clock()
+        return self._index.touch(key, None if ttl is None else now + ttl, now)
+
+    def invalidate(
+        self,
+        /,
+        *,
+        cache_key: str | None = None,
+        on: Mapping[str, Any] | None = None,
+        **key_params: Any,
+    ) -> bool:
+        """Remove the entry for these key parameters; False when there was none."""
+        key = self._key(cache_key, key_params, on)
+        self._check_open()
+        store_key = self._index.remove(key)
+        if self._tier is not None:
+            self._tier.pop(key)
+        if store_key is None:
+            return False
+        self._store.delete(store_key)
+        return True
+
+    delete = invalidate
+
+    def cleanup_expired(self) -> int:
+        """Remove every expired entry now; return how many."""
+        self._check_open()
+        self._flush()
+        gone = self._index.sweep_expired(self._clock())
+        for store_key in gone:
+            self._store.delete(store_key)
+        self._sweep_orphans(_ORPHAN_GRACE_S)
+        if gone and self._tier is not None:
+            self._tier.clear()
+        return len(gone)
+
+    def _sweep_orphans(self, grace: float | None) -> int:
+        """Delete store entries no index row names (older than ``grace`` seconds)."""
+        referenced = self._index.store_keys()
+        cutoff = None if grace is None else self._clock() - grace
+        n = 0
+        for store_key in self._store.list():
+            if store_key in referenced:
+                continue
+            if cutoff is not None:
+                meta = self._store.get_metadata(store_key)
+                if meta is None or meta["created_at"].timestamp() > cutoff:
+                    continue
+            if self._store.delete(store_key):
+                n += 1
+        return n
+
+    def clear(self) -> int:
+        """Remove every entry; return how many there were."""
+        self._check_open()
+        self._flush()
+        gone = self._index.clear()
+        for store_key in gone:
+            self._store.delete(store_key)
+        self._sweep_orphans(None)
+        if self._tier is not None:
+            self._tier.clear()
+        return len(gone)
+
+    clear_all = clear
+
+    def _delete_prefix(self, prefix: str) -> int:
+        """Remove the entries whose cache key starts with ``prefix`` (for ``@cached``'s
+        ``cache_clear``); return how many."""
+        self._check_open()
+        gone = self._index.clear(_check_cache_key(prefix))
+        for store_key in gone:
+            self._store.delete(store_key)
+        if self._tier is not None:
+            self._tier.clear()
+        return len(gone)
+
+    # ----------------------------------------------------------------- leases
+
+    def _acquire_lease(self, name: str, ttl_seconds: float, owner: str | None = None) -> bool:
+        """Take the cross-process lease ``name`` (e.g. "compute key K") for ``ttl_seconds``;
+        False while another owner holds it. Owners default to this cache instance."""
+        self._check_open()
+        return self._index.acquire_lease(name, owner or self._owner, ttl_seconds, self._clock())
+
+    def _release_lease(self, name: str, owner: str | None = None) -> bool:
+        self._check_open()
+        return self._index.release_lease(name, owner or self._owner)
+
+    # ------------------------------------------------------------------ stats
+
+    def stats(self) -> dict[str, Any]:
+        """hits, misses, hit_rate, entries, size_bytes (stored, deduplicated), evictions,
+        expired: totals of every process that used this cache directory."""
+        self._check_open()
+        self._flush()
+        c = self._index.counters()
+        total = c["hits"] + c["misses"]
+        return {
+            "hits": c["hits"],
+            "misses": c["misses"],
+            "hit_rate": c["hits"] / total if total else 0.0,
+            "entries": c["entries"],
+            "size_bytes": c["size_bytes"],
+            "evictions": c["evictions"],
+            "expired": c["expired"],
+        }
+
+    get_stats = stats
+
+    # -------------------------------------------------------------- lifecycle
+
+    def close(self) -> None:
+        """Write pending access data and release every file and connection. Idempotent."""
+        if getattr(self, "_closed", True):
+            return
+        try:
+            self._flush()
+        finally:
+            self._closed = True
+            try:
+                self._index.close()
+            finally:
+                self._store.close()
+                if self._tier is not None:
+                    self._tier.clear()
+
+    def __enter__(self) -> UnifiedCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        c = self.config
+        where = "memory" if c.metadata_backend == "memory" else str(c.path)
+        return f"cacheness({where!r}, metadata_backend={c.metadata_backend!r})"
+
+
+cacheness = UnifiedCache

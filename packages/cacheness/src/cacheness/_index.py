@@ -1,0 +1,667 @@
+"""The cache index: key -> (stored entry, expiry, access data), plus counters and leases.
+
+The storage layer keeps values and deduplicates content; the index keeps the
+caching semantics. One row per cache key names the store entry holding its
+value (``store_key``, unique per put, so an eviction in one process never
+deletes what another process has just written under the same cache key).
+
+Counters (entries, deduplicated bytes, hits, misses, evictions, expirations)
+live in the index and change in the same transaction as the rows they
+count, so every process sharing the directory sees the same totals.
+
+A generation number goes up with every write. Besides its durable copy in
+the index it is mirrored into an 8-byte memory-mapped file, which the
+in-process memory tier reads (~0.1 µs) on each hit to learn whether any
+process has written since it last checked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import mmap
+import os
+import sqlite3
+import struct
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ClassVar
+
+from cacheness.storage.errors import CacheBackendError
+
+__all__ = [
+    "POLICY_ORDER",
+    "CacheIndex",
+    "Generation",
+    "IndexRow",
+    "Limits",
+    "PutResult",
+    "SqliteIndex",
+]
+
+logger = logging.getLogger(__name__)
+
+COUNTERS = ("hits", "misses", "evictions", "expired", "entries", "size_bytes")
+
+#: ORDER BY of each eviction policy: the first row is the first victim.
+POLICY_ORDER: dict[str, tuple[str, ...]] = {
+    "lru": ("accessed", "key"),
+    "lfu": ("hits", "accessed", "key"),
+    "fifo": ("created", "key"),
+}
+
+
+@dataclasses.dataclass(slots=True)
+class IndexRow:
+    key: str
+    store_key: str
+    content_hash: str
+    size: int
+    created: float
+    accessed: float
+    hits: int
+    expires: float | None
+    key_params: dict[str, Any] | None
+    description: str | None
+    metadata: dict[str, Any]
+
+
+@dataclasses.dataclass(slots=True)
+class Limits:
+    max_entries: int | None
+    max_bytes: int | None
+    policy: str
+
+
+@dataclasses.dataclass(slots=True)
+class PutResult:
+    replaced: str | None  # store key of the value this put replaced
+    victims: list[str]  # store keys of evicted entries
+    oversized: bool = False  # the new entry alone is over the size limit
+
+
+# (hits added, last access time) per key, and counter increments, waiting to be written.
+Pending = tuple[dict[str, list[float]], dict[str, int]]
+
+
+class Generation:
+    """A counter shared by the processes on one machine through a memory-mapped file.
+
+    Without a path it is a plain in-process integer (memory backend).
+    """
+
+    _U64 = struct.Struct("<Q")
+
+    def __init__(self, path: Path | None) -> None:
+        self._value = 0
+        self._mm: mmap.mmap | None = None
+        if path is not None:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                if os.fstat(fd).st_size < 8:
+                    os.ftruncate(fd, 8)
+                self._mm = mmap.mmap(fd, 8)
+            finally:
+                os.close(fd)
+
+    def read(self) -> int:
+        mm = self._mm
+        if mm is None:
+            return self._value
+        return int(self._U64.unpack_from(mm, 0)[0])
+
+    def write(self, value: int) -> None:
+        if self._mm is None:
+            self._value = value
+        elif not self._mm.closed:
+            self._U64.pack_into(self._mm, 0, value)
+
+    def close(self) -> None:
+        if self._mm is not None:
+            self._mm.close()
+
+
+class CacheIndex(ABC):
+    """What the cache needs from its index. Every ``now`` is seconds since the epoch."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, generation: Generation) -> None:
+        self.generation = generation
+
+    @abstractmethod
+    def lookup(self, key: str) -> tuple[str, float | None] | None:
+        """``(store_key, expires)`` of ``key``, or None. The hot path."""
+
+    @abstractmethod
+    def row(self, key: str) -> IndexRow | None: ...
+
+    @abstractmethod
+    def rows(self, prefix: str | None = None) -> list[IndexRow]: ...
+
+    @abstractmethod
+    def put(self, row: IndexRow, limits: Limits, pending: Pending) -> PutResult:
+        """Insert or replace ``row``, write ``pending``, then evict to fit ``limits``."""
+
+    @abstractmethod
+    def replace_value(
+        self, key: str, store_key: str, content_hash: str, size: int, now: float
+    ) -> str | None:
+        """Point ``key`` at a new value keeping its expiry and parameters; the old store key."""
+
+    @abstractmethod
+    def remove(
+        self, key: str, store_key: str | None = None, counter: str | None = None
+    ) -> str | None:
+        """Delete ``key`` (only if it still names ``store_key`` when given), bump ``counter``;
+        return the removed row's store key."""
+
+    @abstractmethod
+    def touch(self, key: str, expires: float | None, now: float) -> bool: ...
+
+    @abstractmethod
+    def flush(self, pending: Pending) -> None: ...
+
+    @abstractmethod
+    def sweep_expired(self, now: float) -> list[str]:
+        """Remove every expired row (counted as ``expired``); their store keys."""
+
+    @abstractmethod
+    def clear(self, prefix: str | None = None) -> list[str]:
+        """Remove every row (whose key starts with ``prefix``); their store keys."""
+
+    @abstractmethod
+    def counters(self) -> dict[str, int]: ...
+
+    @abstractmethod
+    def store_keys(self) -> set[str]: ...
+
+    @abstractmethod
+    def acquire_lease(self, name: str, owner: str, ttl: float, now: float) -> bool:
+        """Take (or renew) the lease ``name`` for ``owner`` unless another owner holds
+        an unexpired one."""
+
+    @abstractmethod
+    def release_lease(self, name: str, owner: str) -> bool: ...
+
+    def close(self) -> None:
+        self.generation.close()
+
+
+# ---------------------------------------------------------------------- SQLite
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS cache_entries (
+    key TEXT PRIMARY KEY NOT NULL,
+    store_key TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    created REAL NOT NULL,
+    accessed REAL NOT NULL,
+    hits INTEGER NOT NULL DEFAULT 0,
+    expires REAL,
+    key_params TEXT,
+    description TEXT,
+    metadata TEXT NOT NULL DEFAULT '{}'
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS cache_entries_expires ON cache_entries (expires)
+    WHERE expires IS NOT NULL;
+CREATE TABLE IF NOT EXISTS cache_contents (
+    content_hash TEXT PRIMARY KEY NOT NULL,
+    size INTEGER NOT NULL,
+    refs INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cache_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    generation INTEGER NOT NULL DEFAULT 0,
+    hits INTEGER NOT NULL DEFAULT 0,
+    misses INTEGER NOT NULL DEFAULT 0,
+    evictions INTEGER NOT NULL DEFAULT 0,
+    expired INTEGER NOT NULL DEFAULT 0,
+    entries INTEGER NOT NULL DEFAULT 0,
+    size_bytes INTEGER NOT NULL DEFAULT 0
+);
+INSERT OR IGNORE INTO cache_state (id) VALUES (1);
+CREATE TABLE IF NOT EXISTS cache_leases (
+    name TEXT PRIMARY KEY NOT NULL,
+    owner TEXT NOT NULL,
+    expires REAL NOT NULL
+) WITHOUT ROWID;
+"""
+_ROW_COLS = (
+    "key, store_key, content_hash, size, created, accessed, hits, expires, "
+    "key_params, description, metadata"
+)
+_LOCK_RETRIES = 50
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, allow_nan=False)
+
+
+def _row(r: Any) -> IndexRow:
+    return IndexRow(
+        key=r[0],
+        store_key=r[1],
+        content_hash=r[2],
+        size=r[3],
+        created=r[4],
+        accessed=r[5],
+        hits=r[6],
+        expires=r[7],
+        key_params=None if r[8] is None else json.loads(r[8]),
+        description=r[9],
+        metadata=json.loads(r[10]),
+    )
+
+
+def _prefix_bounds(prefix: str) -> tuple[str, str]:
+    # Keys starting with prefix sort in [prefix, prefix + U+10FFFF).
+    return prefix, prefix + "\U0010ffff"
+
+
+class SqliteIndex(CacheIndex):
+    """The index in a SQLite file (WAL, raw ``sqlite3``), or in memory with ``path=None``.
+
+    One connection per process guarded by a lock: the hot ``lookup`` is one
+    primary-key SELECT (a few µs); writes are ``BEGIN IMMEDIATE`` transactions,
+    which serialise processes sharing the file.
+    """
+
+    name = "sqlite"
+
+    def __init__(self, path: Path | None, generation: Generation, policy: str) -> None:
+        super().__init__(generation)
+        self.path = path
+        self._lock = threading.RLock()
+        self._pid = os.getpid()
+        self._closed = False
+        self._policy = policy
+        self._conn = self._connect()
+        self._order = ", ".join(POLICY_ORDER[policy])
+
+    def _connect(self) -> sqlite3.Connection:
+        target = ":memory:" if self.path is None else str(self.path)
+        try:
+            conn = sqlite3.connect(
+                target, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+            if self.path is not None:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            # Every statement is idempotent, so processes opening one file at once agree.
+            conn.executescript(_SCHEMA)
+            cols = ", ".join(POLICY_ORDER[self._policy])
+            conn.execute(
+                f"CREATE INDEX IF NOT EXISTS cache_entries_{self._policy} ON cache_entries ({cols})"
+            )
+        except sqlite3.Error as exc:
+            raise CacheBackendError(
+                f"cannot open the cache index {target}: {exc}", backend=self.name
+            ) from exc
+        return conn
+
+    def _check(self) -> sqlite3.Connection:
+        if self._closed:
+            raise CacheBackendError("the cache index is closed", backend=self.name)
+        if self._pid != os.getpid():
+            # A forked child must not use its parent's connection.
+            self._pid = os.getpid()
+            self._lock = threading.RLock()
+            if self.path is None:
+                raise CacheBackendError(
+                    "an in-memory cache cannot be used from a forked process", backend=self.name
+                )
+            self._conn = self._connect()
+        return self._conn
+
+    @contextmanager
+    def _write(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        """A write transaction; SQLITE_BUSY without waiting (WAL checkpoints) is retried."""
+        for attempt in range(_LOCK_RETRIES):
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if attempt == _LOCK_RETRIES - 1:
+                    raise CacheBackendError(
+                        f"the cache index {self.path} stayed locked by another process; is a "
+                        "process stuck in a write?",
+                        backend=self.name,
+                    ) from exc
+                time.sleep(0.005 * (attempt + 1))
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @contextmanager
+    def _txn(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self._check()
+            try:
+                with self._write(conn):
+                    yield conn
+            except sqlite3.Error as exc:
+                raise CacheBackendError(
+                    f"cache index {self.path or ':memory:'}: {exc}", backend=self.name
+                ) from exc
+
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        with self._lock:
+            conn = self._check()
+            try:
+                return conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise CacheBackendError(
+                    f"cache index {self.path or ':memory:'}: {exc}", backend=self.name
+                ) from exc
+
+    def _bump(self, conn: sqlite3.Connection, entries: int = 0, size: int = 0) -> None:
+        (gen,) = conn.execute(
+            "UPDATE cache_state SET generation = generation + 1, entries = entries + ?, "
+            "size_bytes = size_bytes + ? WHERE id = 1 RETURNING generation",
+            (entries, size),
+        ).fetchone()
+        self.generation.write(gen)
+
+    # ---------------------------------------------------------------- reads
+
+    def lookup(self, key: str) -> tuple[str, float | None] | None:
+        with self._lock:
+            conn = self._conn if self._pid == os.getpid() and not self._closed else self._check()
+            try:
+                r = conn.execute(
+                    "SELECT store_key, expires FROM cache_entries WHERE key = ?", (key,)
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise CacheBackendError(f"cache index: {exc}", key=key, backend=self.name) from exc
+        return None if r is None else (r[0], r[1])
+
+    def row(self, key: str) -> IndexRow | None:
+        rows = self._read(f"SELECT {_ROW_COLS} FROM cache_entries WHERE key = ?", (key,))
+        return _row(rows[0]) if rows else None
+
+    def rows(self, prefix: str | None = None) -> list[IndexRow]:
+        if prefix:
+            lo, hi = _prefix_bounds(prefix)
+            found = self._read(
+                f"SELECT {_ROW_COLS} FROM cache_entries WHERE key >= ? AND key < ? ORDER BY key",
+                (lo, hi),
+            )
+        else:
+            found = self._read(f"SELECT {_ROW_COLS} FROM cache_entries ORDER BY key")
+        return [_row(r) for r in found]
+
+    def counters(self) -> dict[str, int]:
+        r = self._read(f"SELECT {', '.join(COUNTERS)} FROM cache_state WHERE id = 1")[0]
+        return dict(zip(COUNTERS, r, strict=True))
+
+    def store_keys(self) -> set[str]:
+        return {r[0] for r in self._read("SELECT store_key FROM cache_entries")}
+
+    # --------------------------------------------------------------- writes
+
+    def _add_content(self, conn: sqlite3.Connection, content_hash: str, size: int) -> int:
+        """Reference ``content_hash``; the bytes this adds to the cache (0 when shared)."""
+        if conn.execute(
+            "UPDATE cache_contents SET refs = refs + 1 WHERE content_hash = ?", (content_hash,)
+        ).rowcount:
+            return 0
+        conn.execute(
+            "INSERT INTO cache_contents (content_hash, size, refs) VALUES (?, ?, 1)",
+            (content_hash, size),
+        )
+        return size
+
+    def _drop_content(self, conn: sqlite3.Connection, content_hash: str) -> int:
+        """Unreference ``content_hash``; the bytes this frees (0 while still shared)."""
+        r = conn.execute(
+            "UPDATE cache_contents SET refs = refs - 1 WHERE content_hash = ? RETURNING refs, size",
+            (content_hash,),
+        ).fetchone()
+        if r is None or r[0] > 0:
+            return 0
+        conn.execute("DELETE FROM cache_contents WHERE content_hash = ?", (content_hash,))
+        return int(r[1])
+
+    def _flush(self, conn: sqlite3.Connection, pending: Pending) -> None:
+        access, counts = pending
+        if access:
+            conn.executemany(
+                "UPDATE cache_entries SET hits = hits + ?, accessed = max(accessed, ?) "
+                "WHERE key = ?",
+                [(int(v[0]), v[1], k) for k, v in access.items()],
+            )
+            access.clear()
+        if any(counts.values()):
+            conn.execute(
+                "UPDATE cache_state SET hits = hits + ?, misses = misses + ? WHERE id = 1",
+                (counts.get("hits", 0), counts.get("misses", 0)),
+            )
+            counts.clear()
+
+    def flush(self, pending: Pending) -> None:
+        if not pending[0] and not any(pending[1].values()):
+            return
+        with self._txn() as conn:
+            self._flush(conn, pending)
+
+    def put(self, row: IndexRow, limits: Limits, pending: Pending) -> PutResult:
+        with self._txn() as conn:
+            self._flush(conn, pending)
+            old = conn.execute(
+                "SELECT store_key, content_hash FROM cache_entries WHERE key = ?", (row.key,)
+            ).fetchone()
+            d_entries, d_size = 1, 0
+            if old is not None:
+                d_entries = 0
+                d_size -= self._drop_content(conn, old[1])
+            d_size += self._add_content(conn, row.content_hash, row.size)
+            conn.execute(
+                f"INSERT OR REPLACE INTO cache_entries ({_ROW_COLS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    row.key,
+                    row.store_key,
+                    row.content_hash,
+                    row.size,
+                    row.created,
+                    row.accessed,
+                    row.hits,
+                    row.expires,
+                    None if row.key_params is None else _dumps(row.key_params),
+                    row.description,
+                    _dumps(row.metadata),
+                ),
+            )
+            self._bump(conn, d_entries, d_size)
+            result = PutResult(replaced=None if old is None else old[0], victims=[])
+            self._evict(conn, row.key, limits, result)
+        return result
+
+    def _evict(
+        self, conn: sqlite3.Connection, keep: str, limits: Limits, result: PutResult
+    ) -> None:
+        if limits.max_entries is None and limits.max_bytes is None:
+            return
+        entries, size = conn.execute(
+            "SELECT entries, size_bytes FROM cache_state WHERE id = 1"
+        ).fetchone()
+        over_n = 0 if limits.max_entries is None else entries - limits.max_entries
+        over_b = 0 if limits.max_bytes is None else size - limits.max_bytes
+        evicted = freed_total = 0
+        # Each batch is an indexed range scan from the policy's first victim.
+        select = (
+            f"SELECT key, store_key, content_hash FROM cache_entries WHERE key != ? "
+            f"ORDER BY {self._order} LIMIT ?"
+        )
+        while over_n > 0 or over_b > 0:
+            batch = conn.execute(select, (keep, max(over_n, 8 if over_b > 0 else 1))).fetchall()
+            if not batch:
+                result.oversized = over_b > 0
+                break
+            for key, store_key, content_hash in batch:
+                if over_n <= 0 and over_b <= 0:
+                    break
+                conn.execute("DELETE FROM cache_entries WHERE key = ?", (key,))
+                freed = self._drop_content(conn, content_hash)
+                over_n -= 1
+                over_b -= freed
+                evicted += 1
+                freed_total += freed
+                result.victims.append(store_key)
+        if evicted:
+            conn.execute(
+                "UPDATE cache_state SET evictions = evictions + ?, entries = entries - ?, "
+                "size_bytes = size_bytes - ? WHERE id = 1",
+                (evicted, evicted, freed_total),
+            )
+
+    def replace_value(
+        self, key: str, store_key: str, content_hash: str, size: int, now: float
+    ) -> str | None:
+        with self._txn() as conn:
+            old = conn.execute(
+                "SELECT store_key, content_hash FROM cache_entries WHERE key = ?", (key,)
+            ).fetchone()
+            if old is None:
+                return None
+            d_size = self._add_content(conn, content_hash, size)
+            d_size -= self._drop_content(conn, old[1])
+            conn.execute(
+                "UPDATE cache_entries SET store_key = ?, content_hash = ?, size = ?, "
+                "accessed = ? WHERE key = ?",
+                (store_key, content_hash, size, now, key),
+            )
+            self._bump(conn, 0, d_size)
+            return str(old[0])
+
+    def remove(
+        self, key: str, store_key: str | None = None, counter: str | None = None
+    ) -> str | None:
+        with self._txn() as conn:
+            old = conn.execute(
+                "SELECT store_key, content_hash FROM cache_entries WHERE key = ?", (key,)
+            ).fetchone()
+            if old is None or (store_key is not None and old[0] != store_key):
+                return None
+            conn.execute("DELETE FROM cache_entries WHERE key = ?", (key,))
+            freed = self._drop_content(conn, old[1])
+            self._bump(conn, -1, -freed)
+            if counter is not None:
+                assert counter in ("expired", "evictions")
+                conn.execute(f"UPDATE cache_state SET {counter} = {counter} + 1 WHERE id = 1")
+            return str(old[0])
+
+    def touch(self, key: str, expires: float | None, now: float) -> bool:
+        with self._txn() as conn:
+            n = conn.execute(
+                "UPDATE cache_entries SET expires = ?, accessed = max(accessed, ?) WHERE key = ?",
+                (expires, now, key),
+            ).rowcount
+            if n:
+                self._bump(conn)
+            return bool(n)
+
+    def sweep_expired(self, now: float) -> list[str]:
+        with self._txn() as conn:
+            found = conn.execute(
+                "SELECT key, store_key, content_hash FROM cache_entries "
+                "WHERE expires IS NOT NULL AND expires <= ?",
+                (now,),
+            ).fetchall()
+            freed = 0
+            for key, _, content_hash in found:
+                conn.execute("DELETE FROM cache_entries WHERE key = ?", (key,))
+                freed += self._drop_content(conn, content_hash)
+            if found:
+                conn.execute(
+                    "UPDATE cache_state SET expired = expired + ? WHERE id = 1", (len(found),)
+                )
+                self._bump(conn, -len(found), -freed)
+        return [r[1] for r in found]
+
+    def clear(self, prefix: str | None = None) -> list[str]:
+        with self._txn() as conn:
+            if prefix:
+                lo, hi = _prefix_bounds(prefix)
+                found = conn.execute(
+                    "SELECT key, store_key, content_hash FROM cache_entries "
+                    "WHERE key >= ? AND key < ?",
+                    (lo, hi),
+                ).fetchall()
+                freed = 0
+                for key, _, content_hash in found:
+                    conn.execute("DELETE FROM cache_entries WHERE key = ?", (key,))
+                    freed += self._drop_content(conn, content_hash)
+                self._bump(conn, -len(found), -freed)
+            else:
+                found = conn.execute(
+                    "SELECT key, store_key, content_hash FROM cache_entries"
+                ).fetchall()
+                conn.execute("DELETE FROM cache_entries")
+                conn.execute("DELETE FROM cache_contents")
+                conn.execute("UPDATE cache_state SET entries = 0, size_bytes = 0 WHERE id = 1")
+                self._bump(conn)
+        return [r[1] for r in found]
+
+    def acquire_lease(self, name: str, owner: str, ttl: float, now: float) -> bool:
+        with self._txn() as conn:
+            r = conn.execute(
+                "SELECT owner, expires FROM cache_leases WHERE name = ?", (name,)
+            ).fetchone()
+            if r is not None and r[0] != owner and r[1] > now:
+                return False
+            conn.execute(
+                "INSERT OR REPLACE INTO cache_leases (name, owner, expires) VALUES (?, ?, ?)",
+                (name, owner, now + ttl),
+            )
+            return True
+
+    def release_lease(self, name: str, owner: str) -> bool:
+        with self._txn() as conn:
+            return bool(
+                conn.execute(
+                    "DELETE FROM cache_leases WHERE name = ? AND owner = ?", (name, owner)
+                ).rowcount
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._pid == os.getpid():
+                self._conn.close()
+        super().close()
+
+
+def filter_matches(row: IndexRow, filters: Mapping[str, Any]) -> bool:
+    """Equality on key parameters or user metadata, as ``list_entries(**filters)`` promises."""
+    params = row.key_params or {}
+    for name, want in filters.items():
+        found = False
+        for source in (params, row.metadata):
+            if name in source and _same(source[name], want):
+                found = True
+                break
+        if not found:
+            return False
+    return True
+
+
+def _same(have: Any, want: Any) -> bool:
+    # JSON turns tuples into lists; 1, 1.0 and True must still differ.
+    if isinstance(want, tuple):
+        want = list(want)
+    return type(have) is type(want) and bool(have == want)
