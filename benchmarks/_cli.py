@@ -89,6 +89,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"run only these groups (repeatable or comma-separated): {', '.join(GROUPS)}",
     )
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 5, quick 3)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a size of the plan, e.g. --set small_ops=50 --set array_mb=4",
+    )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"default {DEFAULT_JSON}")
     parser.add_argument(
         "--markdown",
@@ -123,6 +130,16 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.workloads import Plan
 
     plan = Plan.make(args.quick, args.reps)
+    for item in args.set:
+        field_name, _, text = item.partition("=")
+        current = getattr(plan, field_name, None)
+        if current is None or isinstance(current, bool) or not text:
+            print(
+                f"--set {item!r}: unknown plan field; known: {', '.join(vars(plan))}",
+                file=sys.stderr,
+            )
+            return 2
+        setattr(plan, field_name, type(current)(text))
     pin_malloc()
     meta: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),

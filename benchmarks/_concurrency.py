@@ -135,7 +135,7 @@ def run_concurrency(plan: Any, work: Workdir) -> list[Row]:
                 try:
                     with work.fresh(name) as path:
                         _preload(name, str(path), plan.conc_keys)
-                        start_at = time.time() + 0.4
+                        start_at = time.time() + 0.3
                         futures = [
                             pool.submit(
                                 worker,
