@@ -271,11 +271,16 @@ class TableSchema:
                 return _utc_series(values)
             return us_to_series(values).array
         if kind == "int":
-            if spec.nullable:
+            if not spec.nullable:
+                return np.asarray(values, dtype="int64")
+            try:
+                plain = np.asarray(values, dtype="int64")
+            except TypeError:  # NULLs present: take the slower, masked route
                 return pd.array(list(values), dtype="Int64")
-            return np.asarray(values, dtype="int64")
+            return pd.array(plain, dtype="Int64")
         if kind == "float":
-            return np.asarray([np.nan if v is None else float(v) for v in values], dtype="float64")
+            # numpy turns None into NaN and Decimal into float by itself.
+            return np.asarray(values, dtype="float64")
         if kind == "str":
             return pd.array(list(values), dtype="str")
         if kind == "bool":
