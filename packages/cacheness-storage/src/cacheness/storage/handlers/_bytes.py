@@ -3,13 +3,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, BinaryIO, ClassVar
 
-from cacheness.storage.abc import Codec, Serialized, TypeHandler
+from cacheness.storage.abc import Codec, Serialized, TypeHandler, encode_if_smaller
 
 __all__ = ["BytesHandler"]
 
 
 class BytesHandler(TypeHandler):
-    """bytes, bytearray and memoryview, stored raw (compressed by the codec).
+    """bytes, bytearray and memoryview, stored raw (compressed by the codec when it pays).
 
     ``bytes`` and ``memoryview`` come back as ``bytes``, ``bytearray`` as ``bytearray``.
     """
@@ -19,12 +19,14 @@ class BytesHandler(TypeHandler):
 
     def dump(self, obj: Any, codec: Codec) -> Serialized:
         kind = "bytearray" if isinstance(obj, bytearray) else "bytes"
-        view = memoryview(obj).cast("B") if isinstance(obj, memoryview) else obj
-        data = view if codec.name == "none" else codec.encode(view)
-        return Serialized(chunks=[data], codec=codec.name, info={"kind": kind}, data_type=kind)
+        view = memoryview(obj)
+        if view.ndim != 1 or view.format != "B":
+            view = view.cast("B") if view.c_contiguous else memoryview(view.tobytes())
+        data, label = encode_if_smaller(codec, view)
+        return Serialized(chunks=[data], codec=label, info={"kind": kind}, data_type=kind)
 
     def load(self, reader: BinaryIO, info: Mapping[str, Any], codec: Codec) -> Any:
-        raw = reader.read()
+        raw: Any = reader.read()
         if codec.name != "none":
             raw = codec.decode(raw)
         return bytearray(raw) if info.get("kind") == "bytearray" else bytes(raw)
