@@ -19,11 +19,13 @@ from typing import Any, BinaryIO, ClassVar
 __all__ = [
     "BlobBackend",
     "BlobWriter",
+    "BufferReader",
     "Codec",
     "EntryRecord",
     "MetadataBackend",
     "Serialized",
     "TypeHandler",
+    "encode_if_smaller",
 ]
 
 Buffer = bytes | bytearray | memoryview
@@ -248,15 +250,77 @@ class MetadataBackend(ABC):
 
 
 class Codec(ABC):
-    """Bytes in, bytes out. ``name`` is recorded with every entry it encodes."""
+    """Bytes in, bytes out. ``label`` (``name`` unless a parameter matters for
+    decoding, e.g. ``"blosc2:zstd"``) is recorded with every entry it encodes,
+    and must itself be a registered codec name."""
 
     name: ClassVar[str] = ""
+
+    @property
+    def label(self) -> str:
+        return self.name
 
     @abstractmethod
     def encode(self, data: Buffer) -> bytes: ...
 
     @abstractmethod
     def decode(self, data: Buffer) -> bytes: ...
+
+
+#: Below this many bytes, compressing costs more than it saves.
+MIN_COMPRESS = 256
+
+
+def encode_if_smaller(codec: Codec, data: Buffer) -> tuple[Buffer, str]:
+    """``(encoded, label)``, or ``(data, "none")`` when compressing does not pay."""
+    if codec.name == "none" or memoryview(data).nbytes < MIN_COMPRESS:
+        return data, "none"
+    encoded = codec.encode(data)
+    # Keep the compressed form only when it saves at least ~3%.
+    if len(encoded) * 33 >= memoryview(data).nbytes * 32:
+        return data, "none"
+    return encoded, codec.label
+
+
+class BufferReader:
+    """A read-only file over an in-memory blob whose hash was already checked.
+
+    Handlers may call :meth:`getbuffer` to take zero-copy views of it (writable
+    when the underlying buffer is) instead of copying through ``read``.
+    """
+
+    def __init__(self, data: Buffer) -> None:
+        self._view = memoryview(data).cast("B")
+        self._pos = 0
+
+    def getbuffer(self) -> memoryview:
+        return self._view
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int) -> int:
+        self._pos = max(0, min(pos, self._view.nbytes))
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        end = self._view.nbytes if n is None or n < 0 else min(self._pos + n, self._view.nbytes)
+        out = self._view[self._pos : end].tobytes()
+        self._pos = end
+        return out
+
+    def readinto(self, buffer: Any) -> int:
+        dst = memoryview(buffer).cast("B")
+        n = min(dst.nbytes, self._view.nbytes - self._pos)
+        dst[:n] = self._view[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._view = memoryview(b"")
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,8 +368,8 @@ class TypeHandler(ABC):
 
     def dump(self, obj: Any, codec: Codec) -> Serialized:
         """Serialise ``obj``, compressing with ``codec`` unless the handler knows better."""
-        raw = self.dumps(obj)
-        return Serialized(chunks=[codec.encode(raw)], codec=codec.name, data_type=_type_name(obj))
+        data, label = encode_if_smaller(codec, self.dumps(obj))
+        return Serialized(chunks=[data], codec=label, data_type=_type_name(obj))
 
     def load(self, reader: BinaryIO, info: Mapping[str, Any], codec: Codec) -> Any:
         """Read the whole blob from ``reader`` and rebuild the value."""
