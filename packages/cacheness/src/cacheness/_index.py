@@ -366,13 +366,15 @@ class SqliteIndex(CacheIndex):
                     f"cache index {self.path or ':memory:'}: {exc}", backend=self.name
                 ) from exc
 
-    def _bump(self, conn: sqlite3.Connection, entries: int = 0, size: int = 0) -> None:
-        (gen,) = conn.execute(
+    def _bump(self, conn: sqlite3.Connection, entries: int = 0, size: int = 0) -> tuple[int, int]:
+        """Count a write (and its change to the totals); the new (entries, size_bytes)."""
+        gen, n, b = conn.execute(
             "UPDATE cache_state SET generation = generation + 1, entries = entries + ?, "
-            "size_bytes = size_bytes + ? WHERE id = 1 RETURNING generation",
+            "size_bytes = size_bytes + ? WHERE id = 1 RETURNING generation, entries, size_bytes",
             (entries, size),
         ).fetchone()
         self.generation.write(gen)
+        return int(n), int(b)
 
     # ---------------------------------------------------------------- reads
 
@@ -413,15 +415,12 @@ class SqliteIndex(CacheIndex):
 
     def _add_content(self, conn: sqlite3.Connection, content_hash: str, size: int) -> int:
         """Reference ``content_hash``; the bytes this adds to the cache (0 when shared)."""
-        if conn.execute(
-            "UPDATE cache_contents SET refs = refs + 1 WHERE content_hash = ?", (content_hash,)
-        ).rowcount:
-            return 0
-        conn.execute(
-            "INSERT INTO cache_contents (content_hash, size, refs) VALUES (?, ?, 1)",
+        (refs,) = conn.execute(
+            "INSERT INTO cache_contents (content_hash, size, refs) VALUES (?, ?, 1) "
+            "ON CONFLICT (content_hash) DO UPDATE SET refs = refs + 1 RETURNING refs",
             (content_hash, size),
-        )
-        return size
+        ).fetchone()
+        return int(size) if refs == 1 else 0
 
     def _drop_content(self, conn: sqlite3.Connection, content_hash: str) -> int:
         """Unreference ``content_hash``; the bytes this frees (0 while still shared)."""
@@ -484,19 +483,20 @@ class SqliteIndex(CacheIndex):
                     _dumps(row.metadata),
                 ),
             )
-            self._bump(conn, d_entries, d_size)
+            entries, size = self._bump(conn, d_entries, d_size)
             result = PutResult(replaced=None if old is None else old[0], victims=[])
-            self._evict(conn, row.key, limits, result)
+            self._evict(conn, row.key, limits, result, entries, size)
         return result
 
     def _evict(
-        self, conn: sqlite3.Connection, keep: str, limits: Limits, result: PutResult
+        self,
+        conn: sqlite3.Connection,
+        keep: str,
+        limits: Limits,
+        result: PutResult,
+        entries: int,
+        size: int,
     ) -> None:
-        if limits.max_entries is None and limits.max_bytes is None:
-            return
-        entries, size = conn.execute(
-            "SELECT entries, size_bytes FROM cache_state WHERE id = 1"
-        ).fetchone()
         over_n = 0 if limits.max_entries is None else entries - limits.max_entries
         over_b = 0 if limits.max_bytes is None else size - limits.max_bytes
         evicted = freed_total = 0
