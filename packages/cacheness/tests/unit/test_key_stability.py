@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-
 from cacheness import KEY_VERSION, UnifiedCache
 from cacheness._keys import make_key
 

@@ -13,7 +13,6 @@ import attr
 import numpy as np
 import pandas as pd
 import pytest
-
 from cacheness import CacheError, CacheKeyError, cacheness
 from cacheness._keys import _file_memo, make_key, render_params
 
