@@ -27,10 +27,15 @@ def _wait_for_everyone(spec: dict[str, Any], name: str) -> None:
     folder = Path(barrier)
     (folder / f"ready-{name}").touch()
     deadline = time.monotonic() + 60
-    while len(list(folder.glob("ready-*"))) < spec["parties"]:
+    while len(ready := list(folder.glob("ready-*"))) < spec["parties"]:
         if time.monotonic() > deadline:
             raise TimeoutError("the other machines never became ready")
         time.sleep(0.005)
+    # Everyone derives the same start time from the files, then spins to it:
+    # polling alone would let the machines start milliseconds apart.
+    start = max(p.stat().st_mtime for p in ready) + 0.2
+    while time.time() < start:
+        pass
 
 
 def _maxrss_bytes() -> int:
@@ -39,6 +44,8 @@ def _maxrss_bytes() -> int:
 
 def run(spec: dict[str, Any]) -> Any:
     name = spec.get("name", "m")
+    if spec["mode"] == "open":
+        return _open_fresh(spec, name)
     with BlobStore(
         spec["root"],
         backend=spec["backend"],
@@ -61,6 +68,22 @@ def run(spec: dict[str, Any]) -> Any:
         if mode == "stream":
             return _stream(store, spec)
         raise ValueError(f"unknown mode {mode!r}")
+
+
+def _open_fresh(spec: dict[str, Any], name: str) -> int:
+    """Open the metadata backend at the same moment as the others; count the lock rows we see."""
+    import sqlalchemy as sa
+    from cacheness.storage.backends import SqlAlchemyMetadataBackend
+
+    engine = sa.create_engine(spec["backend"])
+    try:
+        engine.connect().close()  # connect before the start line, so the opens really collide
+        _wait_for_everyone(spec, name)
+        SqlAlchemyMetadataBackend(engine).close()
+        with engine.connect() as conn:
+            return int(conn.execute(sa.text("SELECT count(*) FROM cacheness_lock")).scalar_one())
+    finally:
+        engine.dispose()
 
 
 def _race(store: BlobStore, spec: dict[str, Any], name: str) -> dict[str, Any]:

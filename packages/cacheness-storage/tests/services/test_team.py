@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,33 @@ def local_store(tmp_path: Path, postgres_url: str, bucket: str, s3_env: str) -> 
     yield open_store
     for s in stores:
         s.close()
+
+
+def test_machines_opening_a_fresh_database_at_once_all_get_the_write_lock(
+    tmp_path: Path, postgres_server_url: str
+) -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(postgres_server_url)
+    try:
+        for attempt in range(2):
+            schema = f"fresh_{uuid.uuid4().hex[:12]}"
+            with engine.begin() as conn:
+                conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+            url = f"{postgres_server_url}{'&' if '?' in postgres_server_url else '?'}"
+            url += f"options=-csearch_path%3D{schema}"
+            try:
+                # Each machine counts the lock rows right after its backend
+                # opened: with none, its write_lock would serialise nothing.
+                specs = [
+                    _spec(tmp_path, f"r{attempt}m{i}", url, "unused", mode="open") for i in range(4)
+                ]
+                assert _run_machines(tmp_path, specs) == [1, 1, 1, 1]
+            finally:
+                with engine.begin() as conn:
+                    conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+    finally:
+        engine.dispose()
 
 
 def test_what_one_machine_writes_another_reads(
@@ -149,7 +177,7 @@ def test_delete_racing_a_put_of_the_same_content_never_loses_a_blob(
 ) -> None:
     contents = ["alpha", "beta", "gamma"]
     specs = [
-        _spec(tmp_path, name, postgres_url, bucket, mode="race", contents=contents, rounds=60)
+        _spec(tmp_path, name, postgres_url, bucket, mode="race", contents=contents, rounds=40)
         for name in ("a", "b")
     ]
     results = _run_machines(tmp_path, specs)
