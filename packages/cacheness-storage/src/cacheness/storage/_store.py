@@ -45,6 +45,8 @@ _STREAM_CHUNK = 8 * 1024 * 1024
 _TEMP_GRACE_S = 3600.0
 
 _MISSING = object()
+# A read that loses the race against a writer freeing its blob re-reads the entry.
+_RACE_RETRIES = 5
 
 
 @dataclass
@@ -505,8 +507,8 @@ class BlobStore:
         record = self.metadata_backend.get(key)
         if record is None:
             return default
-        value, _ = self._load(record, strict_verification)
-        return value
+        loaded = self._load_current(record, strict_verification)
+        return default if loaded is None else loaded[0]
 
     def get_with_metadata(
         self, key: str, *, strict_verification: bool = True
@@ -517,10 +519,36 @@ class BlobStore:
         record = self.metadata_backend.get(key)
         if record is None:
             return None
-        value, signature_valid = self._load(record, strict_verification)
+        loaded = self._load_current(record, strict_verification)
+        if loaded is None:
+            return None
+        value, signature_valid, record = loaded
         meta = self._describe(record)
         meta["signature_valid"] = signature_valid
         return value, meta
+
+    def _load_current(
+        self, record: EntryRecord, strict: bool
+    ) -> tuple[Any, bool | None, EntryRecord] | None:
+        """Load ``record``; if its blob is gone because a concurrent put or delete
+        replaced the entry, load what the entry is now (None when deleted)."""
+        for _attempt in range(_RACE_RETRIES):
+            try:
+                value, signature_valid = self._load(record, strict)
+                return value, signature_valid, record
+            except CacheIntegrityError as exc:
+                if not isinstance(exc.__cause__, BlobNotFoundError):
+                    raise
+                fresh = self.metadata_backend.get(record.key)
+                if fresh is None:
+                    return None  # deleted while we read it: a miss, as if we had come later
+                if fresh.blob_key == record.blob_key:
+                    logger.error("the stored content of %r is missing", record.key)
+                    raise
+                record = fresh
+        raise CacheStorageError(
+            f"entry {record.key!r} kept changing while it was read; try again", key=record.key
+        )
 
     def _check_signature(self, record: EntryRecord, strict: bool) -> bool | None:
         if self._signer is None:
@@ -560,6 +588,8 @@ class BlobStore:
                 data = self._read_whole(record)
                 if verify:
                     self._check_hash(record, hash_chunks([data], algorithm))
+                else:
+                    self._check_size(record, memoryview(data).nbytes)
                 return handler.load(BufferReader(data), record.info, codec), signature_valid  # type: ignore[arg-type]
             raw = self.blob_backend.open_read(record.blob_key)
             reader = HashingReader(raw, algorithm)
@@ -570,9 +600,10 @@ class BlobStore:
                 reader.close()
             if verify:
                 self._check_hash(record, reader.content_hash())
+            else:
+                self._check_size(record, reader.bytes_read)
             return value, signature_valid
         except BlobNotFoundError as exc:
-            logger.error("the stored content of %r is missing", record.key)
             raise CacheIntegrityError(
                 f"the content of {record.key!r} is missing from the blob backend; "
                 "run verify(repair=True) to drop such entries",
@@ -606,6 +637,16 @@ class BlobStore:
         # A short or long blob fails the hash check (or the handler) below.
         return buf if n == record.size and not extra else buf[:n].tobytes() + extra
 
+    def _check_size(self, record: EntryRecord, actual: int) -> None:
+        # Even unverified reads refuse a blob of the wrong length (truncated, replaced).
+        if actual != record.size:
+            logger.error("the stored content of %r has the wrong size", record.key)
+            raise CacheIntegrityError(
+                f"the content of {record.key!r} is {actual} bytes, not the {record.size} "
+                "recorded; it is corrupt and was not returned",
+                key=record.key,
+            )
+
     def _check_hash(self, record: EntryRecord, actual: str) -> None:
         if actual != record.content_hash:
             logger.error("the stored content of %r is corrupt (hash mismatch)", record.key)
@@ -626,11 +667,24 @@ class BlobStore:
         record = self.metadata_backend.get(key)
         if record is None:
             raise CacheKeyError(f"no entry {key!r}", key=key)
-        self._check_signature(record, True)
-        try:
-            raw = self.blob_backend.open_read(record.blob_key)
-        except BlobNotFoundError as exc:
-            raise CacheIntegrityError(f"the content of {key!r} is missing", key=key) from exc
+        while True:
+            self._check_signature(record, True)
+            try:
+                raw = self.blob_backend.open_read(record.blob_key)
+                break
+            except BlobNotFoundError as exc:
+                # Replaced or deleted by a concurrent writer, or really lost?
+                fresh = self.metadata_backend.get(key)
+                if fresh is None:
+                    raise CacheKeyError(f"no entry {key!r}", key=key) from None
+                if fresh.blob_key == record.blob_key:
+                    logger.error("the stored content of %r is missing", key)
+                    raise CacheIntegrityError(
+                        f"the content of {key!r} is missing; run verify(repair=True) to drop "
+                        "such entries",
+                        key=key,
+                    ) from exc
+                record = fresh
         if record.codec != "none":
             with raw:
                 data = raw.read()
@@ -778,6 +832,12 @@ class _VerifyingReader(io.RawIOBase):
         n = self._reader.readinto(buffer)
         if n == 0 and not self._done:
             self._done = True
+            if self._reader.bytes_read != self._record.size:
+                raise CacheIntegrityError(
+                    f"the content of {self._record.key!r} is {self._reader.bytes_read} bytes, "
+                    f"not the {self._record.size} recorded; the bytes read are corrupt",
+                    key=self._record.key,
+                )
             if self._verify and self._reader.content_hash() != self._record.content_hash:
                 raise CacheIntegrityError(
                     f"the content of {self._record.key!r} does not match its hash; "
