@@ -7,6 +7,7 @@ registered name, so reading an entry never depends on the store's default.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import struct
@@ -39,9 +40,15 @@ _BLOSC2_MAX = 1 << 30
 _BIG_MAGIC = b"CNB2"
 
 
-def blosc2_threads() -> int:
-    """Threads blosc2 may use: every core, capped (more only fights other work)."""
+@functools.cache
+def _cores() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
+
+
+def blosc2_threads(nbytes: int | None = None) -> int:
+    """Threads blosc2 may use: every core (capped) for large buffers; one below
+    1 MiB, where waking threads costs more than it saves."""
+    return 1 if nbytes is not None and nbytes < (1 << 20) else _cores()
 
 
 def _check_level(name: str, level: int, low: int, high: int) -> int:
@@ -141,14 +148,14 @@ class Blosc2Codec(Codec):
             clevel=self.level,
             codec=getattr(blosc2.Codec, self.inner.upper()),
             filters=filters,
-            nthreads=blosc2_threads(),
+            nthreads=blosc2_threads(memoryview(data).nbytes),
         )
 
     def decompress_into(self, data: Buffer, dst: memoryview) -> None:
         """Decompress one chunk straight into ``dst`` (writable, exactly the raw size)."""
         import blosc2
 
-        blosc2.decompress2(data, dst=dst, nthreads=blosc2_threads())
+        blosc2.decompress2(data, dst=dst, nthreads=blosc2_threads(dst.nbytes))
 
     def encode(self, data: Buffer) -> bytes:
         view = memoryview(data).cast("B")
