@@ -1,0 +1,96 @@
+"""Several processes sharing one cache directory: stats, limits, the memory tier, leases."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cacheness import cacheness
+
+WORKER = str(Path(__file__).with_name("_cache_worker.py"))
+
+
+@pytest.fixture(params=["sqlite", "json"])
+def shared_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def run(cache_dir: Path, backend: str, action: str, arg: str, *extra: str) -> object:
+    done = subprocess.run(
+        [sys.executable, WORKER, str(cache_dir), backend, action, arg, *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def start(
+    cache_dir: Path, backend: str, action: str, arg: str, *extra: str
+) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, WORKER, str(cache_dir), backend, action, arg, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_stats_add_up_across_processes(tmp_path: Path, shared_backend: str) -> None:
+    procs = [start(tmp_path, shared_backend, "traffic", f"w{i}") for i in range(3)]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    with cacheness(cache_dir=tmp_path, metadata_backend=shared_backend) as cache:
+        s = cache.stats()
+        assert (s["hits"], s["misses"], s["entries"]) == (60, 30, 60)
+        assert s["hit_rate"] == pytest.approx(60 / 90)
+        assert len(cache.list_entries()) == 60
+
+
+def test_entry_limit_holds_across_processes(tmp_path: Path, shared_backend: str) -> None:
+    opts = json.dumps({"max_entries": 25})
+    procs = [start(tmp_path, shared_backend, "fill", "30", opts, f"w{i}") for i in range(3)]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    with cacheness(cache_dir=tmp_path, metadata_backend=shared_backend, max_entries=25) as cache:
+        s = cache.stats()
+        assert s["entries"] == 25 == len(cache.list_entries())
+        assert s["evictions"] == 90 - 25
+        # Every surviving entry is readable: no process deleted another's fresh value.
+        for e in cache.list_entries():
+            assert cache.get(cache_key=e["cache_key"]) == b"x" * 100
+        # Content is shared, so the bytes are those of one value.
+        assert 0 < s["size_bytes"] < 1000
+
+
+def test_memory_tier_sees_another_process(tmp_path: Path, shared_backend: str) -> None:
+    with cacheness(
+        cache_dir=tmp_path, metadata_backend=shared_backend, memory_cache_entries=100
+    ) as cache:
+        cache.put("mine", x=1)
+        assert cache.get(x=1) == "mine"
+        assert cache.get(x=1) == "mine"  # now in memory
+        run(tmp_path, shared_backend, "put", "theirs")
+        assert cache.get(x=1) == "theirs"
+        assert cache.get(x=1) == "theirs"
+        assert run(tmp_path, shared_backend, "invalidate", "-") is True
+        assert cache.get(x=1) is None
+
+
+def test_leases_are_exclusive_across_processes(tmp_path: Path, shared_backend: str) -> None:
+    with cacheness(cache_dir=tmp_path, metadata_backend=shared_backend) as cache:
+        assert cache._acquire_lease("compute:k", 60) is True
+        assert cache._acquire_lease("compute:k", 60) is True  # renewal by the owner
+        assert run(tmp_path, shared_backend, "lease", "compute:k") is False
+        assert run(tmp_path, shared_backend, "lease", "other") is True
+        assert cache._release_lease("compute:k") is True
+        assert run(tmp_path, shared_backend, "lease", "compute:k") is True
+        assert cache._acquire_lease("compute:k", 60) is False
+        cache._clock = lambda: 10**10  # the other owner's lease has run out
+        assert cache._acquire_lease("compute:k", 60) is True
