@@ -48,16 +48,16 @@ class Plan:
             return cls(
                 quick=True,
                 reps=reps or 3,
-                small_ops=300,
+                small_ops=200,
                 array_mb=16,
                 df_rows=100_000,
                 lat_small=1_000,
                 lat_big=50_000,
                 lat_samples=300,
-                lat_budget_s=12.0,
+                lat_budget_s=8.0,
                 hash_mb=32,
                 conc_procs=4,
-                conc_ops=150,
+                conc_ops=100,
                 conc_keys=100,
             )
         return cls(
@@ -69,7 +69,7 @@ class Plan:
             lat_small=1_000,
             lat_big=1_000_000,
             lat_samples=2_000,
-            lat_budget_s=100.0,
+            lat_budget_s=75.0,
             hash_mb=100,
             conc_procs=4,
             conc_ops=1_500,
