@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import pandas as pd  # type: ignore[import-untyped, unused-ignore]
 import pytest
 from cacheness import (
     CacheConfig,
@@ -87,7 +87,7 @@ def test_bad_arguments_are_typed_errors_and_change_nothing(cache: UnifiedCache) 
     with pytest.raises(CacheConfigError):
         cache.put(1, x=1, ttl_seconds=-5)
     with pytest.raises(CacheConfigError):
-        cache.put(1, x=1, ttl_seconds="soon")
+        cache.put(1, x=1, ttl_seconds="soon")  # type: ignore[arg-type]
     with pytest.raises(CacheError):
         cache.put(1, x=1, metadata={"bad": object()})
     with pytest.raises(CacheConfigError, match="custom_metadata"):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import pandas as pd  # type: ignore[import-untyped, unused-ignore]
 import pytest
 from cacheness import KEY_VERSION, UnifiedCache
 from cacheness._keys import make_key

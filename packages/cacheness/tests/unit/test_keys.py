@@ -11,7 +11,7 @@ from pathlib import Path
 
 import attr
 import numpy as np
-import pandas as pd
+import pandas as pd  # type: ignore[import-untyped, unused-ignore]
 import pytest
 from cacheness import CacheError, CacheKeyError, cacheness
 from cacheness._keys import _file_memo, make_key, render_params
