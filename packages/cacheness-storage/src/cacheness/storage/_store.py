@@ -107,6 +107,19 @@ def _check_metadata(metadata: Mapping[str, Any] | None, key: str | None) -> dict
     return out
 
 
+def _with_key(exc: CacheStorageError, key: str | None) -> CacheStorageError:
+    """The backend names the blob; the user needs the key they were storing."""
+    what = "the file" if key is None else repr(key)
+    return type(exc)(f"could not store {what}: {exc.message}", key=key, backend=exc.backend)
+
+
+def _for_key(write_blob: Any, key: str) -> None:
+    try:
+        write_blob()
+    except CacheStorageError as exc:
+        raise _with_key(exc, key) from exc
+
+
 class BlobStore:
     """A content-addressable store of Python objects.
 
@@ -317,14 +330,14 @@ class BlobStore:
         # Reusing stored content needs it to be whole: a blob truncated behind
         # our back is rewritten rather than shared.
         if not (self.content_addressable and self._blob_intact(record.blob_key, record.size)):
-            write_blob()
+            _for_key(write_blob, record.key)
             wrote = True
         try:
             with meta.write_lock():
                 # A concurrent delete (or gc) may have freed the blob between our
                 # write and this lock; under the lock nobody else can free it.
                 if not blobs.exists(record.blob_key):
-                    write_blob()
+                    _for_key(write_blob, record.key)
                     wrote = True
                 old = meta.put(record)
         except BaseException:
@@ -396,6 +409,9 @@ class BlobStore:
                 writer.abort()
             else:
                 writer.commit(blob_key)
+        except CacheStorageError as exc:
+            writer.abort()
+            raise _with_key(exc, key) from exc
         except BaseException:
             writer.abort()
             raise

@@ -1,0 +1,252 @@
+"""Disk full, content damaged behind the store's back, and resources released on close."""
+
+from __future__ import annotations
+
+import gc
+import io
+import os
+import subprocess
+import threading
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from cacheness.storage import (
+    BlobStore,
+    CacheError,
+    CacheIntegrityError,
+    CacheKeyError,
+    CacheStorageError,
+)
+from cacheness.storage.backends import FilesystemBlobBackend
+
+# ----------------------------------------------------------------- disk full
+
+
+class DevFullBackend(FilesystemBlobBackend):
+    """Once ``full`` is set, every blob write goes to /dev/full and the kernel answers ENOSPC.
+
+    The temporary file is still created where the real backend creates it, so
+    the test sees whether a failed write cleans up after itself.
+    """
+
+    full = False
+
+    def _mkstemp(self) -> tuple[int, str]:
+        fd, name = super()._mkstemp()
+        if not self.full:
+            return fd, name
+        os.close(fd)
+        return os.open("/dev/full", os.O_WRONLY), name
+
+
+@pytest.fixture(params=["dev-full", "tmpfs"])
+def full_disk_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BlobStore]:
+    """A store holding ``k`` = b"fits"; after that, large blob writes hit a full disk."""
+    if request.param == "dev-full":
+        root = tmp_path / "store"
+        blobs = DevFullBackend(root)
+        with BlobStore(root, blob_backend=blobs) as store:
+            store.put(b"fits", key="k", metadata={"v": 1})
+            blobs.full = True
+            yield store
+        return
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(vol)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr!r}")
+    try:
+        with BlobStore(vol / "store") as store:
+            store.put(b"fits", key="k", metadata={"v": 1})
+            yield store
+    finally:
+        subprocess.run(["umount", str(vol)], check=True)
+
+
+def test_disk_full_put_keeps_the_old_value(full_disk_store: BlobStore) -> None:
+    store = full_disk_store
+    big = os.urandom(6 * 1024 * 1024)
+    with pytest.raises(CacheStorageError) as info:
+        store.put(big, key="k", metadata={"v": 2})
+    assert info.value.key == "k"
+    assert "disk is full" in str(info.value)
+    with pytest.raises(CacheStorageError):
+        store.put_file(io.BytesIO(big), key="k", metadata={"v": 3})
+    with pytest.raises(CacheStorageError):
+        store.put(big, key="new")
+    tmp_dir = Path(str(store.root)) / "tmp"
+    assert not tmp_dir.exists() or list(tmp_dir.iterdir()) == []
+    assert store.list() == ["k"]
+    assert store.get("k") == b"fits"
+    assert store.get_metadata("k")["metadata"] == {"v": 1}  # type: ignore[index]
+    assert store.verify().ok
+
+
+# ------------------------------------------------- damage behind the back
+
+BIG = 6 * 1024 * 1024  # above the store's whole-blob threshold: the streaming read path
+
+DAMAGE_VALUES: dict[str, Any] = {
+    "small-object": {"a": list(range(300))},
+    "small-bytes": b"b" * 5000,
+    "large-bytes": bytes(range(256)) * (BIG // 256),
+    "large-object": {"blob": os.urandom(BIG)},
+}
+
+
+def _blob_path(store: BlobStore, key: str) -> Path:
+    record = store.metadata_backend.get(key)
+    assert record is not None
+    assert isinstance(store.blob_backend, FilesystemBlobBackend)
+    return store.blob_backend.path_for(record.blob_key)
+
+
+@pytest.mark.parametrize("verify_on_read", [True, False])
+@pytest.mark.parametrize("damage", ["deleted", "truncated", "flipped"])
+@pytest.mark.parametrize("kind", list(DAMAGE_VALUES))
+def test_damaged_blob_is_never_returned(
+    tmp_path: Path, kind: str, damage: str, verify_on_read: bool
+) -> None:
+    if damage == "flipped" and not verify_on_read:
+        pytest.skip("a same-size change is only caught by the hash, which is switched off")
+    value = DAMAGE_VALUES[kind]
+    with BlobStore(tmp_path / "s", verify_on_read=verify_on_read) as store:
+        store.put(value, key="k")
+        store.put("untouched", key="other")
+        path = _blob_path(store, "k")
+        data = path.read_bytes()
+        if damage == "deleted":
+            path.unlink()
+        elif damage == "truncated":
+            path.write_bytes(data[: len(data) // 2])
+        else:
+            mid = len(data) // 2
+            path.write_bytes(data[:mid] + bytes([data[mid] ^ 0xFF]) + data[mid + 1 :])
+        with pytest.raises(CacheIntegrityError) as info:
+            store.get("k")
+        assert info.value.key == "k"
+        with pytest.raises(CacheIntegrityError):
+            store.get_with_metadata("k")
+        assert store.exists("k")  # nothing removed implicitly
+        assert store.get("other") == "untouched"
+        report = store.verify()
+        assert report.missing == (["k"] if damage == "deleted" else [])
+        assert report.corrupt == ([] if damage == "deleted" else ["k"])
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated", "flipped"])
+def test_damaged_file_entry_through_open(tmp_path: Path, damage: str) -> None:
+    data = os.urandom(3 * 1024 * 1024)
+    with BlobStore(tmp_path / "s") as store:
+        store.put_file(io.BytesIO(data), key="f")
+        path = _blob_path(store, "f")
+        if damage == "deleted":
+            path.unlink()
+            with pytest.raises(CacheIntegrityError):
+                store.open("f")
+            return
+        raw = path.read_bytes()
+        path.write_bytes(raw[:1000] if damage == "truncated" else raw[:-1] + b"\x00")
+        with pytest.raises(CacheIntegrityError), store.open("f") as f:
+            while f.read(1 << 20):
+                pass
+
+
+def test_damaged_compressed_entry_through_open(tmp_path: Path) -> None:
+    with BlobStore(tmp_path / "s", compression="zstd") as store:
+        store.put(b"z" * 100_000, key="z")
+        path = _blob_path(store, "z")
+        raw = path.read_bytes()
+        path.write_bytes(raw[:-3] + b"abc")
+        with pytest.raises(CacheIntegrityError):
+            store.open("z")
+
+
+def test_metadata_pointing_nowhere_is_missing(tmp_path: Path) -> None:
+    with BlobStore(tmp_path / "s") as store:
+        store.put({"a": 1}, key="k")
+        record = store.metadata_backend.get("k")
+        assert record is not None
+        record.blob_key = "f" * 32
+        store.metadata_backend.put(record)
+        with pytest.raises(CacheIntegrityError, match="missing"):
+            store.get("k")
+
+
+# ------------------------------------------------------------ close() frees
+
+
+def _exercise(store: BlobStore, tmp_path: Path) -> None:
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(100_000))
+
+    def work(n: int) -> None:
+        for i in range(20):
+            store.put({"n": n, "i": i}, key=f"t{n}-{i}")
+            assert store.get(f"t{n}-{i}") == {"n": n, "i": i}
+        store.put_file(src, key=f"file{n}")
+        with store.open(f"file{n}") as f:
+            f.read()
+        store.list()
+        store.verify(f"t{n}-0")
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    store.gc()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "json", "memory", "sqlalchemy"])
+def test_close_releases_every_handle(tmp_path: Path, backend: str) -> None:
+    proc = psutil.Process()
+    gc.collect()
+    fds_before = proc.num_fds()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if backend == "sqlalchemy":
+            from cacheness.storage.backends import SqlAlchemyMetadataBackend
+
+            meta: Any = SqlAlchemyMetadataBackend(f"sqlite:///{tmp_path / 'sa.db'}")
+        else:
+            meta = backend
+        store = BlobStore(tmp_path / "s", backend=meta)
+        _exercise(store, tmp_path)
+        assert proc.num_fds() > fds_before or backend in ("json", "memory")
+        store.close()
+        del store
+        gc.collect()
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+    assert proc.num_fds() == fds_before
+    open_files = [f.path for f in proc.open_files() if str(tmp_path) in f.path]
+    assert open_files == []
+
+
+def test_closed_store_refuses_work(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "s")
+    store.put(1, key="k")
+    store.close()
+    for call in (
+        lambda: store.get("k"),
+        lambda: store.exists("k"),
+        lambda: store.list(),
+        lambda: store.verify(),
+        lambda: store.gc(),
+        lambda: store.put_file(io.BytesIO(b"x")),
+    ):
+        with pytest.raises(CacheError) as info:
+            call()
+        assert "closed" in str(info.value)
+    with BlobStore(tmp_path / "s") as again:
+        assert again.get("k") == 1
+        with pytest.raises(CacheKeyError):
+            again.open("absent")
