@@ -129,3 +129,33 @@ def test_processes_and_threads(tmp_path: Path, backend: str) -> None:
 @pytest.mark.parametrize("backend", ["sqlite", "json"])
 def test_processes_and_threads_long(tmp_path: Path, backend: str) -> None:
     _hammer(tmp_path, backend, seconds=30.0)
+
+
+def _open_and_write(root: str, backend: str, index: int, barrier: Any) -> None:
+    barrier.wait(30)
+    with BlobStore(root, backend=backend) as store:
+        for i in range(15):
+            store.put({"p": index, "i": i}, key=f"p{index}-{i}")
+            store.put({"same": i}, key=f"same-{i}")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "json"])
+def test_many_processes_open_a_fresh_store_at_once(tmp_path: Path, backend: str) -> None:
+    """Creating the database, switching it to WAL and the first writes all race here."""
+    ctx = multiprocessing.get_context("fork")
+    n = 6
+    barrier = ctx.Barrier(n)
+    root = tmp_path / "fresh"
+    procs = [
+        ctx.Process(target=_open_and_write, args=(str(root), backend, i, barrier)) for i in range(n)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+        p.close()
+    with BlobStore(root, backend=backend) as store:
+        assert len(store.list(prefix="p")) == n * 15
+        assert [store.get(f"same-{i}") for i in range(15)] == [{"same": i} for i in range(15)]
+        assert store.verify().ok
