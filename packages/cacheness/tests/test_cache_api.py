@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -512,3 +514,32 @@ def test_security_config_checks_signed_fields() -> None:
     with pytest.raises(CacheConfigError, match="content_hash"):
         SecurityConfig(custom_signed_fields=["nonsense"])
     assert "k" * 32 not in repr(SecurityConfig(signing_key=b"k" * 32))
+
+
+# ----------------------------------------------------------------- threads
+
+
+def test_threads_share_one_cache(make_cache: MakeCache) -> None:
+    cache = make_cache(memory_cache_entries=50, max_entries=200)
+    cache._clock = time.time  # LRU order needs time to move: the oldest entries go first
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            for i in range(60):
+                cache.put((t, i), t=t, i=i)
+                assert cache.get(t=t, i=i) == (t, i)
+                got = cache.get(t=(t + 1) % 4, i=i)
+                assert got is None or got == ((t + 1) % 4, i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    s = cache.stats()
+    assert s["entries"] == 200 and s["evictions"] == 40
+    assert s["hits"] + s["misses"] == 480

@@ -518,22 +518,23 @@ class UnifiedCache:
         store_key = self._new_store_key(key)
         self._store.put(data, key=store_key, metadata=metadata)
         try:
-            meta = self._store.get_metadata(store_key)
-            if meta is None:
+            # The record, not get_metadata(): no signature check or dict building here.
+            record = self._store.metadata_backend.get(store_key)
+            if record is None:
                 raise CacheError(f"the value for {key!r} vanished while it was stored", key=key)
             now = self._clock()
             row = IndexRow(
                 key=key,
                 store_key=store_key,
-                content_hash=meta["content_hash"],
-                size=int(meta["size"]),
+                content_hash=record.content_hash,
+                size=int(record.size),
                 created=now,
                 accessed=now,
                 hits=0,
                 expires=None if expires_in is None else now + expires_in,
                 key_params=rendered,
                 description=description,
-                metadata=meta["metadata"],
+                metadata=record.metadata,
             )
             result = self._index.put(row, self._limits, self._take_pending())
         except BaseException:

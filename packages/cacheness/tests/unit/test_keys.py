@@ -15,6 +15,8 @@ import pandas as pd  # type: ignore[import-untyped, unused-ignore]
 import pytest
 from cacheness import CacheError, CacheKeyError, cacheness
 from cacheness._keys import _file_memo, make_key, render_params
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 def k(**params: object) -> str:
@@ -221,3 +223,47 @@ def test_reserved_names_go_through_on() -> None:
             cache.put("v", on={"model": "x"}, model="y")
         with pytest.raises(CacheKeyError, match="no key parameters"):
             cache.put("v")
+
+
+json_like = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(st.text(min_size=1, max_size=8), json_like, min_size=1, max_size=5))
+def test_key_ignores_dict_order_at_every_level(params: dict[str, object]) -> None:
+    def reverse(v: object) -> object:
+        if isinstance(v, dict):
+            return {k: reverse(v[k]) for k in reversed(list(v))}
+        if isinstance(v, list):
+            return [reverse(x) for x in v]
+        if isinstance(v, tuple):
+            return tuple(reverse(x) for x in v)
+        return v
+
+    assert make_key(params) == make_key(reverse(params))  # type: ignore[arg-type]
+
+
+@settings(max_examples=150, deadline=None)
+@given(json_like, json_like)
+def test_different_values_give_different_keys(a: object, b: object) -> None:
+    def same(x: object, y: object) -> bool:
+        # Equal and of the same types all the way down (1 == 1.0 == True must still differ).
+        if type(x) is not type(y):
+            return False
+        if isinstance(x, list | tuple):
+            return len(x) == len(y) and all(same(p, q) for p, q in zip(x, y, strict=False))  # type: ignore[arg-type]
+        if isinstance(x, dict):
+            return x.keys() == y.keys() and all(same(x[k], y[k]) for k in x)  # type: ignore[attr-defined, index]
+        if isinstance(x, float):
+            return repr(x) == repr(y)  # 0.0 and -0.0 are different keys
+        return bool(x == y)
+
+    assert (make_key({"v": a}) == make_key({"v": b})) == same(a, b)
