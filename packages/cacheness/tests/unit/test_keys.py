@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import attr
 import numpy as np
@@ -254,14 +255,14 @@ def test_key_ignores_dict_order_at_every_level(params: dict[str, object]) -> Non
 @settings(max_examples=150, deadline=None)
 @given(json_like, json_like)
 def test_different_values_give_different_keys(a: object, b: object) -> None:
-    def same(x: object, y: object) -> bool:
+    def same(x: Any, y: Any) -> bool:
         # Equal and of the same types all the way down (1 == 1.0 == True must still differ).
         if type(x) is not type(y):
             return False
         if isinstance(x, list | tuple):
-            return len(x) == len(y) and all(same(p, q) for p, q in zip(x, y, strict=False))  # type: ignore[arg-type]
+            return len(x) == len(y) and all(same(p, q) for p, q in zip(x, y, strict=False))
         if isinstance(x, dict):
-            return x.keys() == y.keys() and all(same(x[k], y[k]) for k in x)  # type: ignore[attr-defined, index]
+            return x.keys() == y.keys() and all(same(x[k], y[k]) for k in x)
         if isinstance(x, float):
             return repr(x) == repr(y)  # 0.0 and -0.0 are different keys
         return bool(x == y)
