@@ -11,7 +11,8 @@ from typing import Any
 
 RATIO_HEADER = "vs best peer"
 LEGEND = (
-    "*vs best peer*: the best of diskcache / joblib / cachier on that line, divided so that "
+    "*vs best peer*: the best of diskcache / joblib / cachier on that line (for SQL rows: the "
+    "hand-written query of the SQL benchmark), divided so that "
     "**> 1 means this system is better** (faster, smaller, fewer errors); "
     "`pickle-file`, `functools.lru_cache`, parquet/pickle files and the physical reference "
     "points are shown for orientation and never count as a peer. Medians over the "

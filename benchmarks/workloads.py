@@ -41,6 +41,9 @@ class Plan:
     conc_procs: int
     conc_ops: int
     conc_keys: int
+    # Wall-clock cap of one timed phase (e.g. all puts of one system in one
+    # repetition): a slow system gets fewer operations, never a longer run.
+    phase_budget_s: float = 2.0
 
     @classmethod
     def make(cls, quick: bool, reps: int | None = None) -> Plan:
@@ -59,6 +62,7 @@ class Plan:
                 conc_procs=4,
                 conc_ops=100,
                 conc_keys=100,
+                phase_budget_s=0.5,
             )
         return cls(
             quick=False,
@@ -74,6 +78,7 @@ class Plan:
             conc_procs=4,
             conc_ops=1_500,
             conc_keys=500,
+            phase_budget_s=1.5,
         )
 
 
@@ -136,15 +141,18 @@ def run_small(plan: Plan, work: Workdir) -> list[Row]:
                 with work.fresh(name) as path:
                     adapter.open(path)
                     try:
-                        puts, gets, again = _small_pass(adapter, keys, values, coll, workload, name)
-                        size = dir_bytes(path) / n
+                        puts, gets, again = _small_pass(
+                            adapter, keys, values, coll, workload, name, plan.phase_budget_s
+                        )
+                        size = dir_bytes(path) / len(puts)
                     finally:
                         adapter.close()
             except Exception as exc:
                 coll.fail(workload, name, adapter.kind, exc)
                 continue
             kind = adapter.kind
-            coll.add(workload, "put", "µs/op", "lower", name, kind, statistics.median(puts))
+            cut = f"time budget: {len(puts)} of {n} ops" if len(puts) < n else ""
+            coll.add(workload, "put", "µs/op", "lower", name, kind, statistics.median(puts), cut)
             coll.add(workload, "get", "µs/op", "lower", name, kind, statistics.median(gets))
             coll.add(
                 workload, "get (repeat)", "µs/op", "lower", name, kind, statistics.median(again)
@@ -160,14 +168,18 @@ def _small_pass(
     coll: Collector,
     workload: str,
     name: str,
+    budget_s: float,
 ) -> tuple[list[float], list[float], list[float]]:
     clock = time.perf_counter_ns
     puts = []
+    deadline = clock() + int(budget_s * 1e9)
     for key, value in zip(keys, values, strict=True):
         t0 = clock()
         adapter.put(key, value)
         puts.append(_us(clock() - t0))
-    order = list(range(len(keys)))
+        if t0 > deadline and len(puts) >= 20:
+            break
+    order = list(range(len(puts)))
     random.Random(7).shuffle(order)
     passes: list[list[float]] = []
     for _ in range(2):
@@ -215,12 +227,15 @@ def run_decorator(plan: Plan, work: Workdir) -> list[Row]:
                 with work.fresh(name) as path:
                     func = adapter.wrap(square, path)
                     try:
+                        deadline = clock() + int(plan.phase_budget_s * 1e9)
                         for x in range(n):
                             t0 = clock()
                             got = func(x)
                             misses.append(_us(clock() - t0))
                             coll.check(workload, name, got == x * x)
-                        for x in range(n):
+                            if t0 > deadline and len(misses) >= 20:
+                                break
+                        for x in range(len(misses)):
                             t0 = clock()
                             got = func(x)
                             hits.append(_us(clock() - t0))
@@ -231,7 +246,8 @@ def run_decorator(plan: Plan, work: Workdir) -> list[Row]:
                 coll.fail(workload, name, adapter.kind, exc)
                 continue
             kind = adapter.kind
-            coll.add(workload, "hit", "µs/call", "lower", name, kind, statistics.median(hits))
+            cut = f"time budget: {len(misses)} of {n} calls" if len(misses) < n else ""
+            coll.add(workload, "hit", "µs/call", "lower", name, kind, statistics.median(hits), cut)
             coll.add(
                 workload,
                 "miss (key + store)",
