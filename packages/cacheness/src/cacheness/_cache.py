@@ -272,9 +272,10 @@ class UnifiedCache:
         if ent[2] is not None and ent[2] <= now:
             tier.pop(key)
             return _MISS
-        with tier.lock:
-            if key in tier.entries:
-                tier.entries.move_to_end(key)
+        try:
+            tier.entries.move_to_end(key)  # atomic under the GIL; a concurrent pop may win
+        except KeyError:
+            pass
         self._hit(key, now)
         return ent[0]
 
@@ -289,7 +290,9 @@ class UnifiedCache:
         **key_params: Any,
     ) -> Any:
         """The value stored for these key parameters, or ``default`` on a miss or expiry."""
-        if type(cache_key) is str and cache_key and not on:
+        if cache_key is None and on is None and key_params:
+            key = make_key(key_params)
+        elif type(cache_key) is str and cache_key and not on:
             key = cache_key  # the decorator's hot path: a key computed before
         else:
             key = self._key(cache_key, key_params, on)

@@ -113,7 +113,8 @@ class Generation:
         mm = self._mm
         if mm is None:
             return self._value
-        return int(self._U64.unpack_from(mm, 0)[0])
+        value: int = self._U64.unpack_from(mm, 0)[0]
+        return value
 
     def write(self, value: int) -> None:
         if self._mm is None:
