@@ -25,8 +25,16 @@ from cacheness.storage.codecs import BLOSC2_INNER_CODECS, BUILTIN_CODECS, Blosc2
         (memoryview(np.arange(1000, dtype=np.int32)), bytes),
         (memoryview(np.arange(100, dtype=np.uint8).reshape(10, 10))[::2], bytes),
     ],
-    ids=["empty", "binary", "compressible", "bytearray", "empty_bytearray", "memoryview",
-         "typed_memoryview", "strided_memoryview"],
+    ids=[
+        "empty",
+        "binary",
+        "compressible",
+        "bytearray",
+        "empty_bytearray",
+        "memoryview",
+        "typed_memoryview",
+        "strided_memoryview",
+    ],
 )
 def test_bytes_like_round_trip(tmp_path: Path, codec: str, value: Any, kind: type) -> None:
     with BlobStore(tmp_path, compression=codec) as store:

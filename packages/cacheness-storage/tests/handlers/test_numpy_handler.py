@@ -169,9 +169,7 @@ def test_streaming_chunked_framing(
     monkeypatch.setattr(_store, "_SMALL_BLOB", 4096)
     rng = np.random.default_rng(3)
     arr = (
-        np.arange(262_144, dtype=np.float64)
-        if kind == "smooth"
-        else rng.standard_normal(262_144)
+        np.arange(262_144, dtype=np.float64) if kind == "smooth" else rng.standard_normal(262_144)
     ).reshape(512, 512, order="F")
     arr = np.asfortranarray(arr)
     with BlobStore(tmp_path, compression=codec) as store:

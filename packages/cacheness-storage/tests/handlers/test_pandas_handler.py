@@ -15,7 +15,6 @@ N = 2_000
 
 def _frames() -> dict[str, Any]:
     rng = np.random.default_rng(11)
-    idx = pd.RangeIndex(N)
     frames: dict[str, Any] = {
         "mixed_numeric": pd.DataFrame(
             {
@@ -32,17 +31,27 @@ def _frames() -> dict[str, Any]:
             {
                 "Int64": pd.array([1, None, -3] * (N // 3) + [4] * (N % 3), dtype="Int64"),
                 "UInt8": pd.array([1, None] * (N // 2), dtype="UInt8"),
-                "Float64": pd.array([0.5, None, np.nan] * (N // 3) + [1.0] * (N % 3), dtype="Float64"),
-                "boolean": pd.array([True, None, False] * (N // 3) + [True] * (N % 3), dtype="boolean"),
-                "string_na": pd.array(["a", None, "ccc"] * (N // 3) + ["d"] * (N % 3), dtype="string"),
+                "Float64": pd.array(
+                    [0.5, None, np.nan] * (N // 3) + [1.0] * (N % 3), dtype="Float64"
+                ),
+                "boolean": pd.array(
+                    [True, None, False] * (N // 3) + [True] * (N % 3), dtype="boolean"
+                ),
+                "string_na": pd.array(
+                    ["a", None, "ccc"] * (N // 3) + ["d"] * (N % 3), dtype="string"
+                ),
                 "string_python": pd.array(["x", None] * (N // 2), dtype=pd.StringDtype("python")),
                 "str_nan": pd.Series(["é", None, "zz"] * (N // 3) + ["q"] * (N % 3), dtype="str"),
             }
         ),
         "categorical": pd.DataFrame(
             {
-                "unordered": pd.Categorical(rng.choice(["b", "a", "c"], N), categories=["c", "b", "a", "unused"]),
-                "ordered": pd.Categorical(rng.choice(["lo", "mid", "hi"], N), categories=["lo", "mid", "hi"], ordered=True),
+                "unordered": pd.Categorical(
+                    rng.choice(["b", "a", "c"], N), categories=["c", "b", "a", "unused"]
+                ),
+                "ordered": pd.Categorical(
+                    rng.choice(["lo", "mid", "hi"], N), categories=["lo", "mid", "hi"], ordered=True
+                ),
                 "int_cats": pd.Categorical(rng.choice([10, 20, 30], N)),
                 "with_nan": pd.Categorical(["x", None] * (N // 2)),
             }
@@ -52,21 +61,34 @@ def _frames() -> dict[str, Any]:
                 "naive_ns": pd.date_range("2020-01-01", periods=N, freq="h").as_unit("ns"),
                 "naive_s": pd.date_range("1900-01-01", periods=N, freq="D").as_unit("s"),
                 "utc": pd.date_range("2021-03-01", periods=N, freq="min", tz="UTC"),
-                "berlin_dst": pd.date_range("2021-03-27", periods=N, freq="min", tz="Europe/Berlin"),
-                "fixed_offset": pd.date_range(
-                    "2021-01-01", periods=N, freq="s", tz=dt.timezone(dt.timedelta(hours=-5, minutes=-30))
+                "berlin_dst": pd.date_range(
+                    "2021-03-27", periods=N, freq="min", tz="Europe/Berlin"
                 ),
-                "with_nat": pd.Series([pd.Timestamp("2020-01-01", tz="Asia/Tokyo"), pd.NaT] * (N // 2)),
+                "fixed_offset": pd.date_range(
+                    "2021-01-01",
+                    periods=N,
+                    freq="s",
+                    tz=dt.timezone(dt.timedelta(hours=-5, minutes=-30)),
+                ),
+                "with_nat": pd.Series(
+                    [pd.Timestamp("2020-01-01", tz="Asia/Tokyo"), pd.NaT] * (N // 2)
+                ),
                 "delta": pd.to_timedelta(np.arange(N), unit="s"),
             }
         ),
         "multiindex_both": pd.DataFrame(
             rng.standard_normal((N, 4)),
             index=pd.MultiIndex.from_arrays(
-                [rng.choice(["a", "b"], N), np.arange(N) % 7, pd.date_range("2020", periods=N, freq="D")],
+                [
+                    rng.choice(["a", "b"], N),
+                    np.arange(N) % 7,
+                    pd.date_range("2020", periods=N, freq="D"),
+                ],
                 names=["letter", 7, None],
             ),
-            columns=pd.MultiIndex.from_tuples([("x", 1), ("x", 2), ("y", 1), ("y", 2)], names=["top", "sub"]),
+            columns=pd.MultiIndex.from_tuples(
+                [("x", 1), ("x", 2), ("y", 1), ("y", 2)], names=["top", "sub"]
+            ),
         ),
         "duplicate_columns": pd.DataFrame(
             [[1, 2.5, "a"], [3, 4.5, "b"]] * 50, columns=["a", "a", "b"]
@@ -74,7 +96,9 @@ def _frames() -> dict[str, Any]:
         "int_and_mixed_labels": pd.DataFrame(
             {0: [1, 2], "0": [3, 4], 1.5: [5, 6], (1, "t"): [7, 8], None: [9, 10]}
         ),
-        "empty_no_rows": pd.DataFrame({"a": pd.Series([], dtype="int32"), "b": pd.Series([], dtype="str")}),
+        "empty_no_rows": pd.DataFrame(
+            {"a": pd.Series([], dtype="int32"), "b": pd.Series([], dtype="str")}
+        ),
         "empty_no_columns": pd.DataFrame(index=pd.Index([3, 1, 2], name="id")),
         "empty_both": pd.DataFrame(),
         "object_strings": pd.DataFrame(
@@ -84,10 +108,12 @@ def _frames() -> dict[str, Any]:
             {"v": np.arange(500)}, index=pd.Index([f"row{i}" for i in range(500)], name="r")
         ),
         "datetime_index_freq": pd.DataFrame(
-            {"v": np.arange(300.0)}, index=pd.date_range("2024-01-01", periods=300, freq="15min", tz="UTC", name="t")
+            {"v": np.arange(300.0)},
+            index=pd.date_range("2024-01-01", periods=300, freq="15min", tz="UTC", name="t"),
         ),
         "categorical_index": pd.DataFrame(
-            {"v": [1, 2, 3]}, index=pd.CategoricalIndex(["b", "a", "b"], categories=["b", "a"], ordered=True)
+            {"v": [1, 2, 3]},
+            index=pd.CategoricalIndex(["b", "a", "b"], categories=["b", "a"], ordered=True),
         ),
         "float_index_nan": pd.DataFrame({"v": [1, 2, 3]}, index=pd.Index([0.5, np.nan, -1.0])),
         "large_mixed": pd.DataFrame(
@@ -101,8 +127,15 @@ def _frames() -> dict[str, Any]:
         ),
     }
     frames["with_attrs"] = frames["mixed_numeric"].copy()
-    frames["with_attrs"].attrs = {"source": "sensor", "version": 2, "tags": ["a", "b"], "nested": {"x": None}}
-    frames["no_duplicate_labels_flag"] = pd.DataFrame({"a": [1]}).set_flags(allows_duplicate_labels=False)
+    frames["with_attrs"].attrs = {
+        "source": "sensor",
+        "version": 2,
+        "tags": ["a", "b"],
+        "nested": {"x": None},
+    }
+    frames["no_duplicate_labels_flag"] = pd.DataFrame({"a": [1]}).set_flags(
+        allows_duplicate_labels=False
+    )
     frames["index_reordered"] = frames["mixed_numeric"].sample(frac=1.0, random_state=1)
     return frames
 
@@ -121,7 +154,8 @@ def _series() -> dict[str, Any]:
         "tz": pd.Series(pd.date_range("2020", periods=5, freq="D", tz="America/New_York")),
         "nullable": pd.Series([1, None, 3], dtype="Int64", index=["a", "b", "c"]),
         "multiindex": pd.Series(
-            np.arange(6), index=pd.MultiIndex.from_product([["a", "b"], [1, 2, 3]], names=["l", "n"])
+            np.arange(6),
+            index=pd.MultiIndex.from_product([["a", "b"], [1, 2, 3]], names=["l", "n"]),
         ),
         "empty": pd.Series([], dtype="float64", name="e"),
     }

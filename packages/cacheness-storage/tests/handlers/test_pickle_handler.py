@@ -197,7 +197,9 @@ def test_dill_off_with_require_signatures(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("allow_dill", [False, True])
-def test_unserialisable_leaves_store_unchanged(tmp_path: Path, codec: str, allow_dill: bool) -> None:
+def test_unserialisable_leaves_store_unchanged(
+    tmp_path: Path, codec: str, allow_dill: bool
+) -> None:
     # pickle cannot do a lock; dill can do a lock but not a generator.
     bad = {"lock": threading.Lock(), "gen": (i for i in range(3))}
     if not allow_dill:

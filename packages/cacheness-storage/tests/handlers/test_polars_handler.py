@@ -23,8 +23,11 @@ def _frames() -> dict[str, Any]:
                 "cat": pl.Series(["a", "b", "a", "c"] * (n // 4), dtype=pl.Categorical),
                 "enum": pl.Series(["lo", "hi"] * (n // 2), dtype=pl.Enum(["lo", "mid", "hi"])),
                 "t": pl.datetime_range(
-                    dt.datetime(2020, 1, 1), dt.datetime(2020, 1, 1) + dt.timedelta(seconds=n - 1),
-                    "1s", eager=True, time_zone="Europe/Berlin",
+                    dt.datetime(2020, 1, 1),
+                    dt.datetime(2020, 1, 1) + dt.timedelta(seconds=n - 1),
+                    "1s",
+                    eager=True,
+                    time_zone="Europe/Berlin",
                 ),
                 "d": pl.Series([dt.date(2020, 1, 1) + dt.timedelta(days=i % 30) for i in range(n)]),
                 "dur": pl.Series([dt.timedelta(milliseconds=i) for i in range(n)]),
@@ -33,7 +36,9 @@ def _frames() -> dict[str, Any]:
                 "nulls": pl.Series([None] * n, dtype=pl.Float32),
             }
         ),
-        "empty": pl.DataFrame({"a": pl.Series([], dtype=pl.Int32), "b": pl.Series([], dtype=pl.Utf8)}),
+        "empty": pl.DataFrame(
+            {"a": pl.Series([], dtype=pl.Int32), "b": pl.Series([], dtype=pl.Utf8)}
+        ),
         "no_columns": pl.DataFrame(),
         "large": pl.DataFrame({"x": pl.arange(0, 1_000_000, eager=True), "y": [1.5] * 1_000_000}),
     }
@@ -52,7 +57,9 @@ def test_polars_dataframe_round_trip(tmp_path: Path, codec: str, name: str) -> N
     assert type(back) is pl.DataFrame
     assert back.schema == df.schema
     assert back.equals(df, null_equal=True)
-    assert meta is not None and meta["handler"] == "polars" and meta["data_type"] == "polars.DataFrame"
+    assert (
+        meta is not None and meta["handler"] == "polars" and meta["data_type"] == "polars.DataFrame"
+    )
 
 
 @pytest.mark.parametrize(

@@ -641,11 +641,11 @@ class BlobStore:
             return self.blob_backend.get(record.blob_key)
         import numpy as np  # its allocator uses huge pages: ~3x faster to fill than bytearray
 
-        buf = memoryview(np.empty(record.size, dtype=np.uint8))
+        buf = np.empty(record.size, dtype=np.uint8).data
         with self.blob_backend.open_read(record.blob_key) as raw:
             n = 0
             while n < record.size:
-                got = raw.readinto(buf[n : n + _STREAM_CHUNK])  # type: ignore[attr-defined]
+                got = raw.readinto(buf[n : n + _STREAM_CHUNK])
                 if not got:
                     break
                 n += got

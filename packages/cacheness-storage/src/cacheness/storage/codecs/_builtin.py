@@ -78,12 +78,12 @@ class Lz4Codec(Codec):
     def encode(self, data: Buffer) -> bytes:
         import lz4.frame
 
-        return lz4.frame.compress(data, compression_level=self.level, store_size=True)  # type: ignore[no-any-return]
+        return lz4.frame.compress(data, compression_level=self.level, store_size=True)
 
     def decode(self, data: Buffer) -> bytes:
         import lz4.frame
 
-        return lz4.frame.decompress(data)  # type: ignore[no-any-return]
+        return lz4.frame.decompress(data)
 
 
 class ZstdCodec(Codec):
@@ -96,12 +96,12 @@ class ZstdCodec(Codec):
         import zstandard
 
         # A fresh compressor per call: ZstdCompressor is not thread-safe.
-        return zstandard.ZstdCompressor(level=self.level).compress(data)  # type: ignore[no-any-return]
+        return zstandard.ZstdCompressor(level=self.level).compress(data)
 
     def decode(self, data: Buffer) -> bytes:
         import zstandard
 
-        return zstandard.ZstdDecompressor().decompress(data, max_output_size=0)  # type: ignore[no-any-return]
+        return zstandard.ZstdDecompressor().decompress(data, max_output_size=0)
 
 
 class GzipCodec(Codec):
@@ -142,7 +142,7 @@ class Blosc2Codec(Codec):
 
         typesize = typesize if 1 <= typesize <= 255 else 1
         filters = [blosc2.Filter.SHUFFLE if shuffle and typesize > 1 else blosc2.Filter.NOFILTER]
-        return blosc2.compress2(  # type: ignore[no-any-return]
+        return blosc2.compress2(
             data,
             typesize=typesize,
             clevel=self.level,
@@ -177,7 +177,7 @@ class Blosc2Codec(Codec):
 
         view = memoryview(data).cast("B")
         if view[:4] != _BIG_MAGIC:
-            return blosc2.decompress2(view, nthreads=blosc2_threads())  # type: ignore[no-any-return]
+            return blosc2.decompress2(view, nthreads=blosc2_threads())
         (count,) = struct.unpack_from("<Q", view, 4)
         pos, out = 12, bytearray()
         for _ in range(count):

@@ -111,7 +111,9 @@ class FrameWriter:
             view = view.cast("B")
         n = view.nbytes
         segments: list[list[Any]] = []
-        if not (compress and self.plan.compresses and n >= MIN_COMPRESS and self._worth(view, typesize)):
+        if not (
+            compress and self.plan.compresses and n >= MIN_COMPRESS and self._worth(view, typesize)
+        ):
             self._segment(segments, "r", view, n)
         else:
             step = max(COMPRESS_CHUNK - COMPRESS_CHUNK % max(typesize, 1), max(typesize, 1))
@@ -274,5 +276,5 @@ def _alloc(n: int) -> memoryview:
     if n >= SAMPLE_MIN:
         import numpy as np
 
-        return memoryview(np.empty(n, dtype=np.uint8))
+        return np.empty(n, dtype=np.uint8).data
     return memoryview(bytearray(n))

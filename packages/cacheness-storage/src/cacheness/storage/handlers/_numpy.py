@@ -62,16 +62,16 @@ def decode_dtype(spec: Any) -> Any:
     if isinstance(spec, str):
         return np.dtype(spec)
     dtype = np.lib.format.descr_to_dtype(_tuplify(spec["descr"]))
-    if spec.get("align") and not dtype.isalignedstruct and dtype.fields is not None:
-        dtype = np.dtype(
-            {
-                "names": dtype.names,
-                "formats": [dtype.fields[n][0] for n in dtype.names],
-                "offsets": [dtype.fields[n][1] for n in dtype.names],
-                "itemsize": dtype.itemsize,
-                "aligned": True,
-            }
-        )
+    fields, names = dtype.fields, dtype.names
+    if spec.get("align") and not dtype.isalignedstruct and fields is not None and names:
+        layout: Any = {
+            "names": names,
+            "formats": [fields[n][0] for n in names],
+            "offsets": [fields[n][1] for n in names],
+            "itemsize": dtype.itemsize,
+            "aligned": True,
+        }
+        dtype = np.dtype(layout)
     return dtype
 
 
@@ -88,7 +88,7 @@ def array_bytes(arr: Any) -> tuple[Any, str]:
 def _byte_view(arr: Any, order: str) -> memoryview:
     import numpy as np
 
-    return memoryview(arr.reshape(-1, order=order).view(np.uint8))  # type: ignore[no-any-return]
+    return arr.reshape(-1, order=order).view(np.uint8).data
 
 
 class NumpyHandler(TypeHandler):

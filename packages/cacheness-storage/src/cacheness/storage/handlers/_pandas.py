@@ -74,7 +74,9 @@ def _json_exact(value: Any) -> bool:
     if value is None or isinstance(value, str | bool):
         return True
     if isinstance(value, int | float):
-        return type(value) in (int, float) and (not isinstance(value, float) or math.isfinite(value))
+        return type(value) in (int, float) and (
+            not isinstance(value, float) or math.isfinite(value)
+        )
     if type(value) is list:
         return all(_json_exact(v) for v in value)
     if type(value) is dict:
@@ -101,7 +103,7 @@ def dec_tz(spec: Mapping[str, Any]) -> Any:
         seconds = spec["offset"]
         return _dt.UTC if seconds == 0 else _dt.timezone(_dt.timedelta(seconds=seconds))
     if spec["lib"] == "pytz":
-        import pytz
+        import pytz  # type: ignore[import-untyped,unused-ignore]
 
         return pytz.timezone(spec["zone"])
     import zoneinfo
@@ -177,7 +179,7 @@ class _Encoder:
     def array(self, values: Any) -> dict[str, Any]:
         """Any column's values: an ndarray or a supported ExtensionArray."""
         import numpy as np
-        import pandas as pd
+        import pandas as pd  # type: ignore[import-untyped,unused-ignore]
 
         if isinstance(values, np.ndarray):
             return self.ndarray(values)
@@ -202,7 +204,9 @@ class _Encoder:
             na = "nan" if dtype.na_value is not pd.NA else "NA"
             spec = {"k": "str", "storage": dtype.storage, "na": na}
             return {**spec, **self.arrow(pa.array(values))}
-        if isinstance(values, pd.arrays.IntegerArray | pd.arrays.FloatingArray | pd.arrays.BooleanArray):
+        if isinstance(
+            values, pd.arrays.IntegerArray | pd.arrays.FloatingArray | pd.arrays.BooleanArray
+        ):
             return {
                 "k": "masked",
                 "dtype": str(dtype),
@@ -275,7 +279,9 @@ class _Decoder:
     def arrow(self, spec: Mapping[str, Any]) -> Any:
         import pyarrow as pa
 
-        buffers = [pa.py_buffer(self.f.read(writable=False)) if has else None for has in spec["has"]]
+        buffers = [
+            pa.py_buffer(self.f.read(writable=False)) if has else None for has in spec["has"]
+        ]
         arrow_type = pa.large_string() if spec["type"] == "large_string" else pa.string()
         arr = pa.Array.from_buffers(
             arrow_type, spec["n"], buffers, null_count=spec["nulls"], offset=spec["offset"]

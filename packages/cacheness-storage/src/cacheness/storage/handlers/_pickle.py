@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, BinaryIO, ClassVar
 
 from cacheness.storage.abc import Codec, Serialized, TypeHandler, encode_if_smaller, type_name
-from cacheness.storage.handlers._framing import FrameReader, FrameWriter, is_frame, plan_for
+from cacheness.storage.handlers._framing import FrameReader, FrameWriter, plan_for
 
 __all__ = ["DillHandler", "PickleHandler"]
 
@@ -71,9 +71,7 @@ class PickleHandler(TypeHandler):
         for raw, itemsize in buffers:
             writer.add(raw, itemsize)
         chunks, label = writer.finish({"buffers": len(buffers)})
-        return Serialized(
-            chunks=chunks, codec=label, info={"frame": True}, data_type=data_type
-        )
+        return Serialized(chunks=chunks, codec=label, info={"frame": True}, data_type=data_type)
 
     def load(self, reader: BinaryIO, info: Mapping[str, Any], codec: Codec) -> Any:
         if not info.get("frame"):
@@ -102,7 +100,7 @@ class DillHandler(PickleHandler):
         import dill
 
         # dill's Pickler ignores buffer_callback: its buffers stay in-band.
-        return dill.dumps(obj, protocol=5)  # type: ignore[no-any-return]
+        return dill.dumps(obj, protocol=5)
 
     def _loads(self, data: Any, buffers: list[memoryview]) -> Any:
         import dill
