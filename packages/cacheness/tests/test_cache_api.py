@@ -543,3 +543,8 @@ def test_threads_share_one_cache(make_cache: MakeCache) -> None:
     s = cache.stats()
     assert s["entries"] == 200 and s["evictions"] == 40
     assert s["hits"] + s["misses"] == 480
+
+
+def test_config_keyword_is_accepted(tmp_path: Path) -> None:
+    with cacheness(config=CacheConfig(cache_dir=tmp_path / "c", max_entries=4)) as cache:
+        assert cache.config.max_entries == 4

@@ -119,6 +119,8 @@ class UnifiedCache:
     """
 
     def __init__(self, config: CacheConfig | None = None, /, **options: Any) -> None:
+        if config is None and isinstance(options.get("config"), CacheConfig):
+            config = options.pop("config")
         if config is None:
             config = CacheConfig.from_kwargs(options)
         elif not isinstance(config, CacheConfig):

@@ -222,9 +222,16 @@ class _Encoder:
 def _global_name(obj: Any) -> bytes:
     name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
     module = getattr(obj, "__module__", None)
-    if not isinstance(name, str) or "<lambda>" in name or "<locals>" in name:
+    # A local class is one definition however often its function runs; local
+    # functions and lambdas differ by closure and code while sharing a name.
+    if (
+        not isinstance(name, str)
+        or "<lambda>" in name
+        or ("<locals>" in name and not isinstance(obj, type))
+    ):
         raise _Unkeyable(
-            f"{obj!r} has no stable importable name (a lambda or a local function/class)"
+            f"{obj!r} has no stable name (a lambda or a local function); pass a value "
+            "that describes it instead"
         )
     return _blob(b"G", f"{module}.{name}".encode())
 

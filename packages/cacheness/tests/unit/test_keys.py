@@ -268,3 +268,21 @@ def test_different_values_give_different_keys(a: object, b: object) -> None:
         return bool(x == y)
 
     assert (make_key({"v": a}) == make_key({"v": b})) == same(a, b)
+
+
+def test_local_classes_are_keyed_but_local_functions_are_not() -> None:
+    def make() -> type:
+        class Local:
+            def __init__(self) -> None:
+                self.v = 1
+
+        return Local
+
+    assert k(o=make()()) == k(o=make()())
+
+    def local_fn() -> int:
+        return 1
+
+    with pytest.raises(CacheKeyError, match="'f'"):
+        k(f=local_fn)
+    assert k(f=len) != k(f=abs)
