@@ -548,3 +548,15 @@ def test_threads_share_one_cache(make_cache: MakeCache) -> None:
 def test_config_keyword_is_accepted(tmp_path: Path) -> None:
     with cacheness(config=CacheConfig(cache_dir=tmp_path / "c", max_entries=4)) as cache:
         assert cache.config.max_entries == 4
+
+
+def test_required_signatures_never_load_a_bad_entry(tmp_path: Path) -> None:
+    opts = {"cache_dir": tmp_path / "c"}
+    with cacheness(**opts, security=SecurityConfig(signing_key=b"k" * 32)) as cache:
+        cache.put("v", x=1)
+    sec = SecurityConfig(signing_key=b"z" * 32, require_signatures=True)
+    with cacheness(**opts, security=sec) as other:
+        assert other.get(x=1, strict_verification=False) is None
+        assert other.get_with_metadata(x=1, strict_verification=False) is None
+        other.put("mine", x=2)
+        assert other.get(x=2) == "mine"

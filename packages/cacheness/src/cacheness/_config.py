@@ -115,7 +115,9 @@ class CacheConfig(_Strict):
     deduplication; default 2048, None for no limit) and ``max_entries``
     (None: no limit) are enforced on every put with ``eviction_policy``
     ``"lru"``, ``"lfu"`` or ``"fifo"``. ``memory_cache_entries``: how many
-    recently used values each process keeps in memory (0: none).
+    recently used values each process keeps in memory (0: none); a repeated
+    hit returns the same object, as ``functools.lru_cache`` does, so copy a
+    value before changing it in place. Writes by any process are seen.
     ``compression``: codec of the storage layer (``"lz4"``, ``"zstd"``, ``"none"``...).
     ``access_flush_seconds``: how long access times and hit counts may wait
     in memory before they are written (they are also written every 256
