@@ -160,26 +160,35 @@ class JsonIndex(CacheIndex):
 
     # -------------------------------------------------------------- reads
 
+    # Reads hold the thread lock throughout: a writer thread mutates the same dicts.
+
     def lookup(self, key: str) -> tuple[str, float | None] | None:
-        d = self._read()["entries"].get(key)
-        return None if d is None else (d["store_key"], d["expires"])
+        with self._tlock:
+            d = self._read()["entries"].get(key)
+            return None if d is None else (d["store_key"], d["expires"])
 
     def row(self, key: str) -> IndexRow | None:
-        d = self._read()["entries"].get(key)
-        return None if d is None else _to_row(key, d)
+        with self._tlock:
+            d = self._read()["entries"].get(key)
+            return None if d is None else _to_row(key, d)
 
     def rows(self, prefix: str | None = None) -> list[IndexRow]:
-        entries = self._read()["entries"]
-        return [
-            _to_row(k, entries[k]) for k in sorted(entries) if not prefix or k.startswith(prefix)
-        ]
+        with self._tlock:
+            entries = self._read()["entries"]
+            return [
+                _to_row(k, entries[k])
+                for k in sorted(entries)
+                if not prefix or k.startswith(prefix)
+            ]
 
     def counters(self) -> dict[str, int]:
-        st = self._read()["state"]
-        return {c: int(st[c]) for c in COUNTERS}
+        with self._tlock:
+            st = self._read()["state"]
+            return {c: int(st[c]) for c in COUNTERS}
 
     def store_keys(self) -> set[str]:
-        return {d["store_key"] for d in self._read()["entries"].values()}
+        with self._tlock:
+            return {d["store_key"] for d in self._read()["entries"].values()}
 
     # ------------------------------------------------------------- writes
 
