@@ -10,6 +10,7 @@ backend is for small, human-readable caches; use SQLite for large ones.
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import json
 import os
@@ -58,7 +59,11 @@ def _empty() -> dict[str, Any]:
 
 
 def _to_row(key: str, d: dict[str, Any]) -> IndexRow:
-    return IndexRow(key=key, **{f: d[f] for f in _FIELDS})
+    row = IndexRow(key=key, **{f: d[f] for f in _FIELDS})
+    # Copies: callers hand these dicts to users, who must not reach the index's own.
+    row.key_params = copy.deepcopy(row.key_params)
+    row.metadata = copy.deepcopy(row.metadata)
+    return row
 
 
 class JsonIndex(CacheIndex):
