@@ -104,15 +104,24 @@ class FrameWriter:
     _bufs: list[list[Any]] = field(default_factory=list)
     _used: set[str] = field(default_factory=set)
 
-    def add(self, data: Buffer, typesize: int = 1, *, compress: bool = True) -> int:
-        """Append one logical buffer; return its index. ``data`` is not copied when kept raw."""
+    def add(
+        self, data: Buffer, typesize: int = 1, *, compress: bool = True, keep: float = _PROBE_KEEP
+    ) -> int:
+        """Append one logical buffer; return its index. ``data`` is not copied when kept raw.
+
+        ``keep``: compress only when a probe shrinks to this share or less
+        (lower it for data that compresses slowly, such as text).
+        """
         view = memoryview(data)
         if view.ndim != 1 or view.format != "B":
             view = view.cast("B")
         n = view.nbytes
         segments: list[list[Any]] = []
         if not (
-            compress and self.plan.compresses and n >= MIN_COMPRESS and self._worth(view, typesize)
+            compress
+            and self.plan.compresses
+            and n >= MIN_COMPRESS
+            and self._worth(view, typesize, keep)
         ):
             self._segment(segments, "r", view, n)
         else:
@@ -132,7 +141,7 @@ class FrameWriter:
             return self.plan.blosc.compress_typed(piece, typesize)
         return self.plan.codec.encode(piece)
 
-    def _worth(self, view: memoryview, typesize: int) -> bool:
+    def _worth(self, view: memoryview, typesize: int, keep: float) -> bool:
         """Probe a few samples: incompressible data (random floats) is stored raw."""
         n = view.nbytes
         if n < SAMPLE_MIN:
@@ -143,7 +152,7 @@ class FrameWriter:
         packed = 0
         for i in range(_SAMPLES):
             packed += len(self._encode(view[i * stride : i * stride + size], typesize))
-        return packed <= size * _SAMPLES * _PROBE_KEEP
+        return packed <= size * _SAMPLES * keep
 
     def _segment(self, segments: list[list[Any]], tag: str, data: Buffer, raw: int) -> None:
         stored = memoryview(data).nbytes
