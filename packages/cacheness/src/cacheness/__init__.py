@@ -26,16 +26,20 @@ from cacheness.storage.errors import (
 if TYPE_CHECKING:
     from cacheness._cache import UnifiedCache, cacheness
     from cacheness._config import CacheConfig, SecurityConfig
+    from cacheness._decorator import CacheInfo, cache_if, cached
     from cacheness._global import get_cache, reset_cache
     from cacheness._keys import KEY_VERSION
     from cacheness.storage.security import VALID_SIGNED_FIELDS
 
 _LAZY: dict[str, tuple[str, str]] = {
     "CacheConfig": ("cacheness._config", "CacheConfig"),
+    "CacheInfo": ("cacheness._decorator", "CacheInfo"),
     "KEY_VERSION": ("cacheness._keys", "KEY_VERSION"),
     "SecurityConfig": ("cacheness._config", "SecurityConfig"),
     "UnifiedCache": ("cacheness._cache", "UnifiedCache"),
     "VALID_SIGNED_FIELDS": ("cacheness.storage.security", "VALID_SIGNED_FIELDS"),
+    "cache_if": ("cacheness._decorator", "cache_if"),
+    "cached": ("cacheness._decorator", "cached"),
     "cacheness": ("cacheness._cache", "cacheness"),
     "get_cache": ("cacheness._global", "get_cache"),
     "reset_cache": ("cacheness._global", "reset_cache"),
@@ -48,6 +52,7 @@ __all__ = [
     "CacheConfig",
     "CacheConfigError",
     "CacheError",
+    "CacheInfo",
     "CacheIntegrityError",
     "CacheKeyError",
     "CachePluginError",
@@ -56,6 +61,8 @@ __all__ = [
     "SecurityConfig",
     "UnifiedCache",
     "__version__",
+    "cache_if",
+    "cached",
     "cacheness",
     "get_cache",
     "reset_cache",

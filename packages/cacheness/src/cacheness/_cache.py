@@ -708,6 +708,14 @@ class UnifiedCache:
             self._tier.clear()
         return len(gone)
 
+    def _count_prefix(self, prefix: str) -> int:
+        """How many unexpired entries have a cache key starting with ``prefix`` (for
+        ``@cached``'s ``cache_info().currsize``)."""
+        self._check_open()
+        now = self._clock()
+        rows = self._index.rows(_check_cache_key(prefix))
+        return sum(1 for row in rows if row.expires is None or row.expires > now)
+
     # ----------------------------------------------------------------- leases
 
     def _acquire_lease(self, name: str, ttl_seconds: float, owner: str | None = None) -> bool:

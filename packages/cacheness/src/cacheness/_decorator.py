@@ -1,0 +1,946 @@
+"""``@cached``: persistent memoisation of functions, methods and coroutines.
+
+A decorated function computes the key of a call from its arguments,
+normalised through the function's signature (``f(1)``, ``f(x=1)`` and
+``f(1, y=<default>)`` are one call), looks it up in a cache, and runs the
+body only on a miss. Everything that does not depend on the call (the
+signature, the defaults, the key header, which arguments are ignored) is
+worked out once, when the function is decorated.
+
+Keys: ``<function identity>:<32 hex>``. The identity is the function's
+``module.qualname`` (or ``key_prefix=``), so ``cache_clear()`` removes the
+entries of one function by prefix, and two functions of the same name in
+different modules never share entries. The hash covers the key-encoding
+version, ``version=``, the parameter names and kinds, and each argument's
+canonical encoding (``cacheness._keys``), in parameter order.
+
+Which cache: ``cache_instance=`` when given; with cache options
+(``cache_dir=``, ``memory_cache_entries=``... any ``CacheConfig`` field) a
+cache of the decorator's own, opened on the first call, shared by every
+decorated function with the same options and closed when the last of them is
+garbage-collected or at interpreter exit; otherwise the process-wide
+``get_cache()``. Nothing is opened at decoration time.
+
+Stampedes: concurrent callers of one missing key in a process wait for one
+computation. Processes sharing a cache directory coordinate through a lease
+in the cache index (``lease_ttl_seconds``, renewed while the body runs): the
+others poll for the result, and take over if the creator dies (its lease is
+then no longer renewed and expires).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import functools
+import inspect
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Final, Generic, NamedTuple, ParamSpec, TypeVar, overload
+
+import xxhash
+
+from cacheness._config import CacheConfig, unknown_option
+from cacheness._keys import _SIMPLE, KEY_VERSION, _Encoder, _Unkeyable
+from cacheness.storage.errors import (
+    CacheConfigError,
+    CacheError,
+    CacheKeyError,
+    CacheSerializationError,
+)
+
+if TYPE_CHECKING:
+    from cacheness._cache import UnifiedCache
+
+__all__ = ["CacheInfo", "CachedFunction", "cache_if", "cached"]
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_MISS: Final = object()
+_RETRY: Final = object()  # an async leader failed: its followers try again themselves
+_REQUIRED: Final = inspect.Parameter.empty
+_HEADER = b"cacheness-cached\x00v%d\x00" % KEY_VERSION
+_DEFAULT_LEASE_TTL = 30.0
+_POLL_MIN, _POLL_MAX = 0.002, 0.1
+# Encodings of recently seen int and str arguments (only ever looked up for an exact int
+# or str, so 1, 1.0 and True, which are equal as dict keys, never meet here).
+_MEMO: dict[Any, bytes] = {}
+_MEMO_MAX = 4096
+
+_DECORATOR_OPTIONS = (
+    "ttl_seconds",
+    "cache_instance",
+    "key_prefix",
+    "ignore",
+    "key_func",
+    "condition",
+    "version",
+    "lease_ttl_seconds",
+)
+
+
+class CacheInfo(NamedTuple):
+    """``f.cache_info()``: calls of this process served from the cache (``hits``) or by
+    running the body (``misses``); the cache's ``max_entries`` (``maxsize``); this
+    function's unexpired entries in the cache (``currsize``, every process's)."""
+
+    hits: int
+    misses: int
+    maxsize: int | None
+    currsize: int
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+_UNSET: Final = _Unset()
+
+
+# ------------------------------------------------------------------ own caches
+
+
+class _OwnedCaches:
+    """Caches the decorator opened itself, one per distinct configuration.
+
+    Each decorated function using one holds a reference (released by a
+    ``weakref.finalize`` when the function is garbage-collected, or at exit);
+    the last release closes the cache, so decorating many functions opens one
+    cache, and nothing stays open once they are gone.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.caches: dict[Any, list[Any]] = {}  # key -> [cache, users]
+
+    def acquire(self, key: Any, config: CacheConfig) -> UnifiedCache:
+        from cacheness._cache import UnifiedCache
+
+        with self.lock:
+            slot = self.caches.get(key)
+            if slot is None or slot[0]._closed:
+                users = 0 if slot is None else slot[1]
+                slot = self.caches[key] = [UnifiedCache(config), users]
+            slot[1] += 1
+            return slot[0]  # type: ignore[no-any-return, unused-ignore]
+
+    def release(self, key: Any) -> None:
+        with self.lock:
+            slot = self.caches.get(key)
+            if slot is None:
+                return
+            slot[1] -= 1
+            if slot[1] > 0:
+                return
+            del self.caches[key]
+        slot[0].close()
+
+    def close_all(self) -> None:
+        with self.lock:
+            slots, self.caches = list(self.caches.values()), {}
+        for cache, _ in slots:
+            cache.close()
+
+    def open_count(self) -> int:
+        with self.lock:
+            return sum(1 for cache, _ in self.caches.values() if not cache._closed)
+
+
+_owned = _OwnedCaches()
+atexit.register(_owned.close_all)
+
+
+# --------------------------------------------------------------------- leases
+
+
+class _LeaseKeeper:
+    """One daemon thread renewing the compute leases this process holds.
+
+    A lease lives ``ttl`` seconds unless renewed; it is renewed every
+    ``ttl / 3`` while its body runs, so a long computation keeps it and a
+    crashed one loses it within ``ttl``.
+    """
+
+    _IDLE_EXIT_S = 10.0
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.wake = threading.Condition(self.lock)
+        self.held: dict[tuple[int, str, str], tuple[Any, float, float]] = {}
+        self.thread: threading.Thread | None = None
+
+    def hold(self, cache: UnifiedCache, name: str, owner: str, ttl: float) -> None:
+        with self.lock:
+            self.held[(id(cache), name, owner)] = (cache, ttl, time.monotonic() + ttl / 3)
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(
+                    target=self._run, name="cacheness-lease-keeper", daemon=True
+                )
+                self.thread.start()
+            else:
+                self.wake.notify()
+
+    def drop(self, cache: UnifiedCache, name: str, owner: str) -> None:
+        with self.lock:
+            self.held.pop((id(cache), name, owner), None)
+
+    def _run(self) -> None:
+        idle_since = time.monotonic()
+        while True:
+            with self.lock:
+                now = time.monotonic()
+                if not self.held:
+                    if now - idle_since >= self._IDLE_EXIT_S:
+                        self.thread = None
+                        return
+                    self.wake.wait(self._IDLE_EXIT_S)
+                    continue
+                due = [(k, v) for k, v in self.held.items() if v[2] <= now]
+                next_due = min(v[2] for v in self.held.values())
+                if not due:
+                    self.wake.wait(max(0.0, next_due - now))
+                    continue
+            for (cid, name, owner), (cache, ttl, _) in due:
+                try:
+                    renewed = cache._acquire_lease(name, ttl, owner)
+                except CacheError as exc:
+                    # The cache was closed under a running computation: nothing to keep.
+                    logger.debug("lease %s not renewed: %s", name, exc)
+                    renewed = False
+                with self.lock:
+                    key = (cid, name, owner)
+                    if key in self.held:
+                        if renewed:
+                            self.held[key] = (cache, ttl, time.monotonic() + ttl / 3)
+                        else:
+                            del self.held[key]
+            idle_since = time.monotonic()
+
+
+_keeper = _LeaseKeeper()
+
+
+# ---------------------------------------------------------------- the wrapper
+
+
+class _Flight:
+    """One in-process computation of a key that concurrent callers wait for."""
+
+    __slots__ = ("event", "ok", "thread", "value")
+
+    def __init__(self, thread: int) -> None:
+        self.event = threading.Event()
+        self.thread = thread
+        self.ok = False
+        self.value: Any = None
+
+
+def _identity(func: Any, key_prefix: str | None) -> str:
+    if key_prefix is not None:
+        if not isinstance(key_prefix, str) or not key_prefix or "\x00" in key_prefix:
+            raise CacheConfigError(
+                f"key_prefix must be a non-empty str without NUL characters, not {key_prefix!r}"
+            )
+        return key_prefix
+    module = getattr(func, "__module__", None)
+    qualname = getattr(func, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        raise CacheConfigError(
+            f"cannot name {func!r} (no __module__/__qualname__) to keep its cache entries apart "
+            "from other functions'; pass key_prefix='some.stable.name'"
+        )
+    name = f"{module}.{qualname}"
+    if "<lambda>" in qualname:
+        # Lambdas of one module share a qualname; their line tells them apart.
+        code = getattr(func, "__code__", None)
+        name += f"@{getattr(code, 'co_firstlineno', 0)}"
+    return name
+
+
+def _escape(identity: str) -> str:
+    # ':' ends the identity in a key, so prefixes of two identities never overlap.
+    return identity.replace("%", "%25").replace(":", "%3A")
+
+
+class CachedFunction(Generic[P, R]):
+    """A function wrapped by ``@cached``: call it like the function.
+
+    ``cache_info()``, ``cache_clear()``, ``cache_key(*args, **kwargs)``,
+    ``invalidate(*args, **kwargs)`` and ``cache`` (the cache in use) sit beside
+    the call; the original function is ``__wrapped__``.
+    """
+
+    def __init__(
+        self,
+        func: Callable[P, R],
+        *,
+        ttl_seconds: float | _Unset | None = _UNSET,
+        cache_instance: UnifiedCache | None = None,
+        key_prefix: str | None = None,
+        ignore: Iterable[str] = (),
+        key_func: Callable[..., Any] | None = None,
+        condition: Callable[[Any], bool] | None = None,
+        version: Any = None,
+        lease_ttl_seconds: float | None = _DEFAULT_LEASE_TTL,
+        cache_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        functools.update_wrapper(self, func)
+        self.__wrapped__ = func
+        self._func: Callable[..., Any] = func
+        self._qualname: str = getattr(func, "__qualname__", "")
+        self._identity = _identity(func, key_prefix)
+        self._prefix = _escape(self._identity) + ":"
+        self._key_func = key_func
+        self._condition = condition
+        if key_func is not None and not callable(key_func):
+            raise CacheConfigError(f"key_func must be callable, not {key_func!r}")
+        if condition is not None and not callable(condition):
+            raise CacheConfigError(f"condition must be callable, not {condition!r}")
+        if lease_ttl_seconds is not None and (
+            isinstance(lease_ttl_seconds, bool)
+            or not isinstance(lease_ttl_seconds, int | float)
+            or lease_ttl_seconds <= 0
+        ):
+            raise CacheConfigError(
+                f"lease_ttl_seconds must be a number > 0 or None, not {lease_ttl_seconds!r}"
+            )
+        self._lease_ttl = None if lease_ttl_seconds is None else float(lease_ttl_seconds)
+        self._put_kwargs: dict[str, Any] = {"description": self._identity}
+        if not isinstance(ttl_seconds, _Unset):
+            if ttl_seconds is not None and (
+                isinstance(ttl_seconds, bool)
+                or not isinstance(ttl_seconds, int | float)
+                or ttl_seconds <= 0
+            ):
+                raise CacheConfigError(
+                    f"ttl_seconds must be a number > 0 or None, not {ttl_seconds!r}"
+                )
+            self._put_kwargs["ttl_seconds"] = ttl_seconds
+        self._setup_signature(func, tuple([ignore] if isinstance(ignore, str) else ignore))
+        try:
+            version_bytes = _Encoder().encode(version)
+        except _Unkeyable as exc:
+            raise CacheConfigError(f"version={version!r} cannot be part of a key: {exc}") from None
+        self._header = (
+            _HEADER
+            + version_bytes
+            + _Encoder().encode(("key_func",) if key_func is not None else self._fingerprint)
+        )
+        # The cache: given, own (opened on first call), or the process-wide one.
+        self._instance = cache_instance
+        self._cache: UnifiedCache | None = cache_instance
+        self._options: CacheConfig | None = None
+        self._options_key: Any = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+        if cache_options:
+            self._options = CacheConfig.from_kwargs(cache_options)
+            try:
+                hash(self._options)
+                self._options_key = self._options
+            except TypeError:
+                self._options_key = object()  # unhashable option values: a cache of its own
+        self._use_lease = False
+        if cache_instance is not None:
+            self._use_lease = self._lease_wanted(cache_instance)
+        self._lock = threading.Lock()
+        self._inflight: dict[str, _Flight] = {}
+        self._afutures: dict[tuple[int, str], asyncio.Future[Any]] = {}
+        self._hits = 0
+        self._misses = 0
+        self._keyer = self._build_keyer()
+
+    # ---------------------------------------------------------- signature
+
+    def _setup_signature(self, func: Callable[..., Any], ignore: tuple[str, ...]) -> None:
+        try:
+            sig = inspect.signature(func)
+        except (TypeError, ValueError) as exc:
+            raise CacheConfigError(f"cannot read the signature of {func!r}: {exc}") from None
+        params = list(sig.parameters.values())
+        P_ = inspect.Parameter
+        self._sig = sig
+        self._names = tuple(p.name for p in params)
+        self._fingerprint: tuple[Any, ...] = tuple((p.name, int(p.kind)) for p in params)
+        kinds = {p.kind for p in params}
+        self._simple = P_.VAR_POSITIONAL not in kinds and P_.VAR_KEYWORD not in kinds
+        self._n_pos = sum(
+            1 for p in params if p.kind in (P_.POSITIONAL_ONLY, P_.POSITIONAL_OR_KEYWORD)
+        )
+        # f(a, b) with exactly every parameter given positionally needs no binding at all.
+        self._n_fast = len(params) if self._simple and self._n_pos == len(params) else -1
+        self._defaults = tuple(p.default for p in params)
+        self._kw_index = {
+            p.name: i
+            for i, p in enumerate(params)
+            if p.kind in (P_.POSITIONAL_OR_KEYWORD, P_.KEYWORD_ONLY)
+        }
+        varkw = next((i for i, p in enumerate(params) if p.kind is P_.VAR_KEYWORD), None)
+        drop: set[int] = set()
+        self._drop_kw: frozenset[str] = frozenset()
+        extra = []
+        for name in ignore:
+            if not isinstance(name, str):
+                raise CacheConfigError(f"ignore= takes parameter names, not {name!r}")
+            if name in self._names:
+                drop.add(self._names.index(name))
+            elif varkw is not None:
+                extra.append(name)  # a name that arrives through **kwargs
+            else:
+                raise unknown_option(
+                    name, list(self._names), f"{func.__qualname__}() parameter (ignore=)"
+                )
+        self._drop_kw = frozenset(extra)
+        self._varkw = varkw
+        self._keep: tuple[int, ...] | None = (
+            None
+            if not drop and not extra
+            else tuple(i for i in range(len(params)) if i not in drop)
+        )
+        if self._keep is not None:
+            kept = [self._fingerprint[i] for i in self._keep]
+            self._fingerprint = (*kept, ("ignored", tuple(sorted(extra))))
+
+    def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The call's value of every parameter, in signature order, defaults filled in."""
+        if self._simple and len(args) <= self._n_pos:
+            vals = list(args)
+            vals.extend(self._defaults[len(args) :])
+            ok = True
+            if kwargs:
+                start = len(args)
+                index = self._kw_index
+                for k, v in kwargs.items():
+                    i = index.get(k)
+                    if i is None or i < start:
+                        ok = False  # unknown, positional-only or given twice: let bind() say
+                        break
+                    vals[i] = v
+            if ok:
+                for v in vals:
+                    if v is _REQUIRED:
+                        ok = False
+                        break
+            if ok:
+                return vals
+        # *args/**kwargs, or a call that is wrong: bind() normalises it (or raises the
+        # TypeError the call itself would raise).
+        bound = self._sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        arguments = bound.arguments
+        return [arguments[name] for name in self._names]
+
+    def _encode(self, value: Any, name: str) -> bytes:
+        try:
+            return _Encoder().encode(value)
+        except _Unkeyable as exc:
+            hint = (
+                " (an instance is keyed by its state, as pickle sees it)"
+                if name in ("self", "cls")
+                else ""
+            )
+            raise CacheKeyError(
+                f"argument {name!r} of {self._identity}() cannot be part of the cache key: "
+                f"{exc}{hint}. Pass a JSON-like value, an array/frame, a Path, a dataclass or a "
+                f"picklable object, leave it out with ignore=({name!r},), or compute the key "
+                "with key_func=..."
+            ) from exc.__cause__
+        except RecursionError:
+            raise CacheKeyError(
+                f"argument {name!r} of {self._identity}() is nested too deeply to be part of "
+                f"the cache key; leave it out with ignore=({name!r},)"
+            ) from None
+
+    def _encode_all(self, vals: Any, names: tuple[str, ...]) -> bytes:
+        """The slow path of a key: every value through the full encoder, errors naming
+        their argument."""
+        parts = [self._header]
+        for v, name in zip(vals, names, strict=True):
+            enc = _SIMPLE.get(type(v))
+            parts.append(enc(v) if enc is not None else self._encode(v, name))
+        return b"".join(parts)
+
+    def _build_keyer(self) -> Callable[[tuple[Any, ...], dict[str, Any]], str]:
+        """``keyer(args, kwargs) -> key``, specialised for this function: the hit path."""
+        prefix, header, hexdigest = self._prefix, self._header, xxhash.xxh3_128_hexdigest
+        key_func = self._key_func
+        if key_func is not None:
+
+            def keyer_func(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+                value = self._encode(key_func(*args, **kwargs), "key_func result")
+                return prefix + hexdigest(header + value)
+
+            return keyer_func
+        n_fast, bind, keep, varkw, drop_kw = (
+            self._n_fast,
+            self._bind,
+            self._keep,
+            self._varkw,
+            self._drop_kw,
+        )
+        names = self._names if keep is None else tuple(self._names[i] for i in keep)
+        kw_pos = keep.index(varkw) if keep and drop_kw and varkw in keep else None
+        simple, memo, encode_all = _SIMPLE, _MEMO, self._encode_all
+
+        def keyer(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+            vals: Any = args if not kwargs and len(args) == n_fast else bind(args, kwargs)
+            if keep is not None:
+                vals = [vals[i] for i in keep]
+                if kw_pos is not None:
+                    vals[kw_pos] = {k: x for k, x in vals[kw_pos].items() if k not in drop_kw}
+            if len(vals) > 4:
+                return prefix + hexdigest(encode_all(vals, names))
+            b = header
+            for v in vals:
+                t = type(v)
+                if t is int or (t is str and len(v) <= 256):
+                    e = memo.get(v)
+                    if e is None:
+                        e = simple[t](v)
+                        if len(memo) >= _MEMO_MAX:
+                            memo.clear()
+                        memo[v] = e
+                else:
+                    enc = simple.get(t)
+                    if enc is None:
+                        return prefix + hexdigest(encode_all(vals, names))
+                    e = enc(v)
+                b += e
+            return prefix + hexdigest(b)
+
+        return keyer
+
+    def _make_key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        return self._keyer(args, kwargs)
+
+    # -------------------------------------------------------------- cache
+
+    def _lease_wanted(self, cache: UnifiedCache) -> bool:
+        # An in-memory cache lives in one process: threads are all there is to coordinate.
+        return self._lease_ttl is not None and cache.config.metadata_backend != "memory"
+
+    def _resolve(self) -> UnifiedCache:
+        if self._instance is not None:
+            return self._instance  # a closed one says so on use
+        with self._lock:
+            cache = self._cache
+            if cache is not None and not cache._closed:
+                return cache
+            if self._options is not None:
+                if self._finalizer is not None:
+                    self._finalizer.detach()
+                    _owned.release(self._options_key)
+                cache = _owned.acquire(self._options_key, self._options)
+                self._finalizer = weakref.finalize(self, _owned.release, self._options_key)
+            else:
+                from cacheness._global import get_cache
+
+                cache = get_cache()
+            self._use_lease = self._lease_wanted(cache)
+            self._cache = cache
+            return cache
+
+    @property
+    def cache(self) -> UnifiedCache:
+        """The cache this function's results go to (opened now if need be)."""
+        cache = self._cache
+        return cache if cache is not None and not cache._closed else self._resolve()
+
+    # --------------------------------------------------------------- call
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        key = self._keyer(args, kwargs)
+        cache = self._cache
+        if cache is None or cache._closed:
+            cache = self._resolve()
+        value = cache.get(cache_key=key, default=_MISS)
+        if value is not _MISS:
+            self._hits += 1
+            return value  # type: ignore[no-any-return, unused-ignore]
+        return self._compute(cache, key, args, kwargs)  # type: ignore[no-any-return, unused-ignore]
+
+    def _cached_value(self, cache: UnifiedCache, key: str) -> Any:
+        """The stored value, without counting a cache miss when there is none."""
+        if not cache.exists(cache_key=key):
+            return _MISS
+        return cache.get(cache_key=key, default=_MISS)
+
+    def _compute(
+        self, cache: UnifiedCache, key: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        me = threading.get_ident()
+        while True:
+            with self._lock:
+                flight = self._inflight.get(key)
+                leader = flight is None
+                if flight is None:
+                    flight = self._inflight[key] = _Flight(me)
+            if leader:
+                break
+            if flight.thread == me:
+                # The body calls itself with the same arguments: waiting would deadlock.
+                return self._run(cache, key, args, kwargs)
+            flight.event.wait()
+            if flight.ok:
+                self._hits += 1
+                return flight.value
+            # The computation we waited for failed; try ourselves (exceptions are not shared).
+            value = self._cached_value(cache, key)
+            if value is not _MISS:
+                self._hits += 1
+                return value
+        try:
+            value = self._lead(cache, key, args, kwargs)
+            flight.value = value
+            flight.ok = True
+            return value
+        finally:
+            with self._lock:
+                if self._inflight.get(key) is flight:
+                    del self._inflight[key]
+            flight.event.set()
+
+    def _lead(
+        self, cache: UnifiedCache, key: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        if not self._use_lease:
+            return self._run(cache, key, args, kwargs)
+        assert self._lease_ttl is not None
+        name, owner, ttl = "cached:" + key, _owner_id(cache), self._lease_ttl
+        delay = _POLL_MIN
+        while not cache._acquire_lease(name, ttl, owner):
+            # Another process computes this key: wait for its result, or its lease to expire.
+            time.sleep(delay)
+            delay = min(delay * 2, _POLL_MAX)
+            value = self._cached_value(cache, key)
+            if value is not _MISS:
+                self._hits += 1
+                return value
+        _keeper.hold(cache, name, owner, ttl)
+        try:
+            # Someone may have stored it between our miss and our lease.
+            value = self._cached_value(cache, key)
+            if value is not _MISS:
+                self._hits += 1
+                return value
+            return self._run(cache, key, args, kwargs)
+        finally:
+            _keeper.drop(cache, name, owner)
+            _release(cache, name, owner)
+
+    def _run(
+        self, cache: UnifiedCache, key: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        self._misses += 1
+        result = self._func(*args, **kwargs)
+        self._store(cache, key, result)
+        return result
+
+    def _store(self, cache: UnifiedCache, key: str, result: Any) -> None:
+        if self._condition is not None and not self._condition(result):
+            return
+        try:
+            cache.put(result, cache_key=key, **self._put_kwargs)
+        except CacheSerializationError as exc:
+            # The caller still gets its result; only the next call pays again.
+            logger.warning("result of %s() was not cached: %s (key %s)", self._identity, exc, key)
+
+    # -------------------------------------------------------------- extras
+
+    def cache_key(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """The key of this call: ``f.cache.get(cache_key=f.cache_key(...))`` reads its entry."""
+        return self._make_key(args, kwargs)
+
+    def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> bool:
+        """Remove the entry of this call; False when there was none."""
+        return self.cache.invalidate(cache_key=self._make_key(args, kwargs))
+
+    def cache_info(self) -> CacheInfo:
+        """``(hits, misses, maxsize, currsize)``, like ``functools.lru_cache``."""
+        cache = self.cache
+        return CacheInfo(
+            self._hits,
+            self._misses,
+            cache.config.max_entries,
+            cache._count_prefix(self._prefix),
+        )
+
+    def cache_clear(self) -> int:
+        """Remove this function's entries (every version's) and reset ``cache_info``
+        counters; return how many entries were removed."""
+        n = self.cache._delete_prefix(self._prefix)
+        self._hits = self._misses = 0
+        return n
+
+    # ------------------------------------------------------------ binding
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        return _BoundCached(self, instance)
+
+    def __reduce__(self) -> str:
+        # Pickled by reference, like the function it replaces.
+        return self._qualname
+
+    def __repr__(self) -> str:
+        return f"<cached {self._identity}>"
+
+
+class _AsyncCachedFunction(CachedFunction[P, R]):
+    """``@cached`` on an ``async def``: awaited results are cached; concurrent awaits of
+    one missing key (in one event loop) run the body once."""
+
+    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:  # type: ignore[override]
+        key = self._keyer(args, kwargs)
+        cache = self._cache
+        if cache is None or cache._closed:
+            cache = self._resolve()
+        value = cache.get(cache_key=key, default=_MISS)
+        if value is not _MISS:
+            self._hits += 1
+            return value
+        return await self._acompute(cache, key, args, kwargs)
+
+    async def _acompute(
+        self, cache: UnifiedCache, key: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        loop = asyncio.get_running_loop()
+        fkey = (id(loop), key)
+        while True:
+            with self._lock:
+                fut = self._afutures.get(fkey)
+                leader = fut is None
+                if fut is None:
+                    fut = self._afutures[fkey] = loop.create_future()
+            if leader:
+                break
+            got = await asyncio.shield(fut)
+            if got is not _RETRY:
+                self._hits += 1
+                return got
+            value = self._cached_value(cache, key)
+            if value is not _MISS:
+                self._hits += 1
+                return value
+        try:
+            value = await self._alead(cache, key, args, kwargs)
+        except BaseException:
+            fut.set_result(_RETRY)  # a result, not an exception: nobody must retrieve it
+            raise
+        else:
+            fut.set_result(value)
+            return value
+        finally:
+            with self._lock:
+                if self._afutures.get(fkey) is fut:
+                    del self._afutures[fkey]
+
+    async def _alead(
+        self, cache: UnifiedCache, key: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        if not self._use_lease:
+            return await self._arun(cache, key, args, kwargs)
+        assert self._lease_ttl is not None
+        name, owner, ttl = "cached:" + key, _owner_id(cache), self._lease_ttl
+        delay = _POLL_MIN
+        while not cache._acquire_lease(name, ttl, owner):
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _POLL_MAX)
+            value = self._cached_value(cache, key)
+            if value is not _MISS:
+                self._hits += 1
+                return value
+        _keeper.hold(cache, name, owner, ttl)
+        try:
+            value = self._cached_value(cache, key)
+            if value is not _MISS:
+                self._hits += 1
+                return value
+            return await self._arun(cache, key, args, kwargs)
+        finally:
+            _keeper.drop(cache, name, owner)
+            _release(cache, name, owner)
+
+    async def _arun(
+        self, cache: UnifiedCache, key: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        self._misses += 1
+        coro: Awaitable[Any] = self._func(*args, **kwargs)
+        result = await coro
+        self._store(cache, key, result)
+        return result
+
+
+def _owner_id(cache: UnifiedCache) -> str:
+    # Unique per computation: two threads of one process are different owners.
+    return f"{cache._owner}:{threading.get_ident()}:{os.urandom(4).hex()}"
+
+
+def _release(cache: UnifiedCache, name: str, owner: str) -> None:
+    if cache._closed:
+        return  # the lease expires by itself
+    cache._release_lease(name, owner)
+
+
+class _BoundCached:
+    """``obj.method`` of a cached method: calls and keys include ``obj``."""
+
+    __slots__ = ("__func__", "__self__")
+
+    def __init__(self, func: CachedFunction[..., Any], instance: Any) -> None:
+        self.__func__ = func
+        self.__self__ = instance
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.__func__(self.__self__, *args, **kwargs)
+
+    def cache_key(self, *args: Any, **kwargs: Any) -> str:
+        return self.__func__.cache_key(self.__self__, *args, **kwargs)
+
+    def invalidate(self, *args: Any, **kwargs: Any) -> bool:
+        return self.__func__.invalidate(self.__self__, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__func__, name)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, _BoundCached)
+            and other.__func__ is self.__func__
+            and other.__self__ is self.__self__
+        )
+
+    def __hash__(self) -> int:
+        return hash((id(self.__func__), id(self.__self__)))
+
+    def __repr__(self) -> str:
+        return f"<bound {self.__func__!r} of {self.__self__!r}>"
+
+
+# ---------------------------------------------------------------- decorators
+
+
+def _api_result_ok(result: Any) -> bool:
+    """What ``cached.for_api`` stores: not None, not an error payload, not an HTTP error."""
+    if result is None:
+        return False
+    status = getattr(result, "status_code", None)
+    if isinstance(status, int) and not isinstance(status, bool) and status >= 400:
+        return False
+    if isinstance(result, Mapping):
+        for field in ("error", "errors"):
+            if result.get(field):
+                return False
+    return True
+
+
+def _wrap(func: Any, options: dict[str, Any]) -> Any:
+    if isinstance(func, staticmethod):
+        return staticmethod(_wrap(func.__func__, options))
+    if isinstance(func, classmethod):
+        return classmethod(_wrap(func.__func__, options))
+    if isinstance(func, CachedFunction):
+        raise CacheConfigError(f"{func!r} is already cached")
+    if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+        raise CacheConfigError(
+            f"{getattr(func, '__qualname__', func)!r} is a generator function: its result is a "
+            "one-shot iterator that cannot be stored. Cache a function that returns a list "
+            "(e.g. list(gen(...))) instead"
+        )
+    if not callable(func):
+        raise CacheConfigError(f"@cached decorates a function, not {type(func).__name__}")
+    decorator = {k: v for k, v in options.items() if k in _DECORATOR_OPTIONS}
+    cache_options = {k: v for k, v in options.items() if k not in _DECORATOR_OPTIONS}
+    if cache_options and decorator.get("cache_instance") is not None:
+        raise CacheConfigError(
+            f"cache options {sorted(cache_options)} and cache_instance= were both given; "
+            "configure the cache you pass instead"
+        )
+    cls: type[CachedFunction[Any, Any]] = (
+        _AsyncCachedFunction if inspect.iscoroutinefunction(func) else CachedFunction
+    )
+    wrapped = cls(func, cache_options=cache_options, **decorator)
+    if cls is _AsyncCachedFunction:
+        _mark_coroutine(wrapped)
+    return wrapped
+
+
+def _mark_coroutine(obj: Any) -> None:
+    """Make ``inspect.iscoroutinefunction`` (3.12+) / ``asyncio.iscoroutinefunction`` true."""
+    mark = getattr(inspect, "markcoroutinefunction", None)
+    if mark is not None:
+        mark(obj)
+        return
+    marker = getattr(asyncio.coroutines, "_is_coroutine", None)
+    if marker is not None:
+        obj._is_coroutine = marker
+
+
+def _check_options(options: Mapping[str, Any]) -> None:
+    valid = list(_DECORATOR_OPTIONS) + CacheConfig.field_names()
+    for name in options:
+        if name not in valid:
+            raise unknown_option(name, valid, "@cached")
+
+
+class _Cached:
+    """``@cached`` / ``@cached(...)``: see :func:`cached`'s module documentation."""
+
+    @overload
+    def __call__(self, func: Callable[P, R], /) -> CachedFunction[P, R]: ...
+
+    @overload
+    def __call__(
+        self, func: None = None, /, **options: Any
+    ) -> Callable[[Callable[P, R]], CachedFunction[P, R]]: ...
+
+    def __call__(self, func: Any = None, /, **options: Any) -> Any:
+        """Cache the results of ``func`` (bare ``@cached``) or make a decorator with options.
+
+        Options: ``ttl_seconds`` (default: the cache's ``default_ttl_seconds``;
+        None: never expires), ``cache_instance`` (default: ``get_cache()``, or a
+        cache of the decorator's own when cache options such as
+        ``cache_dir=...`` are given), ``key_prefix`` (default: the function's
+        ``module.qualname``), ``ignore`` (parameter names left out of the key),
+        ``key_func`` (called with the arguments; its result is the key's
+        content), ``condition`` (``condition(result)`` decides whether a result
+        is stored), ``version`` (changing it makes old results unreachable),
+        ``lease_ttl_seconds`` (how long another process waits for a creator
+        that stopped renewing its lease; None: no cross-process coordination).
+        """
+        _check_options(options)
+        if func is not None:
+            return _wrap(func, options)
+        return lambda f: _wrap(f, options)
+
+    def for_api(self, func: Any = None, /, *, ttl_seconds: float = 21600, **options: Any) -> Any:
+        """A preset for JSON-like API responses: 6 h TTL, the lz4 codec when the decorator
+        opens its own cache, and no caching of ``None``, ``{"error": ...}`` payloads or
+        responses with ``status_code >= 400`` (exceptions are never cached)."""
+        options.setdefault("condition", _api_result_ok)
+        options["ttl_seconds"] = ttl_seconds
+        if any(k not in _DECORATOR_OPTIONS for k in options):
+            options.setdefault("compression", "lz4")
+        return self(func, **options) if func is not None else self(**options)
+
+    def __repr__(self) -> str:
+        return "<cacheness.cached>"
+
+
+cached: Final = _Cached()
+
+
+def cache_if(condition: Callable[[Any], bool], /, **options: Any) -> Any:
+    """``@cache_if(lambda result: ...)``: ``@cached(condition=...)`` under the name the
+    single-package cacheness used."""
+    if not callable(condition):
+        raise CacheConfigError(f"cache_if takes a condition on the result, not {condition!r}")
+    return cached(condition=condition, **options)
