@@ -65,6 +65,7 @@ def test_gc_frees_unreferenced_content_and_returns_bytes(
 
 
 def test_gc_removes_stale_temp_files_only(file_store: BlobStore) -> None:
+    assert file_store.root is not None
     tmp = file_store.root / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     old, fresh = tmp / "w-old", tmp / "w-fresh"

@@ -114,6 +114,7 @@ def _kill_loop(root: Path, backend: str, kills: int, seed: int) -> None:
             assert parent_end.poll(30), "child did not start"
             assert parent_end.recv() == ("ready",)
             time.sleep(rnd.uniform(0.0, 0.12))
+            assert proc.pid is not None
             os.kill(proc.pid, signal.SIGKILL)
             proc.join(10)
             assert proc.exitcode == -signal.SIGKILL, proc.exitcode

@@ -261,7 +261,7 @@ _key_text = st.one_of(
     st.text(
         min_size=1,
         max_size=40,
-        alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+        alphabet=st.characters(codec="utf-8", exclude_characters="\x00"),
     ),
     st.sampled_from(["..", "../x", "../../etc/passwd", "/etc/passwd", "/", ".", "a/../../b",
                      "C:\\Windows\\x", "~", "$HOME", "%2e%2e%2f", "'; DROP TABLE entries; --",
@@ -269,7 +269,7 @@ _key_text = st.one_of(
     st.text(
         min_size=300,
         max_size=2000,
-        alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+        alphabet=st.characters(codec="utf-8", exclude_characters="\x00"),
     ),
     st.from_regex(r"(\.\./){1,5}[a-z]{1,8}", fullmatch=True),
 )  # fmt: skip

@@ -134,7 +134,9 @@ def test_size_is_the_stored_bytes(file_store: BlobStore, blob_files: Any) -> Non
 
 def test_get_with_metadata(store: BlobStore) -> None:
     store.put([1, 2], key="k", metadata={"a": 1})
-    value, meta = store.get_with_metadata("k")
+    got = store.get_with_metadata("k")
+    assert got is not None
+    value, meta = got
     assert value == [1, 2]
     assert meta["metadata"] == {"a": 1} and meta["key"] == "k"
 
