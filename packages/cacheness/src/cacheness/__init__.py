@@ -26,6 +26,7 @@ from cacheness.storage.errors import (
 if TYPE_CHECKING:
     from cacheness._cache import UnifiedCache, cacheness
     from cacheness._config import CacheConfig, SecurityConfig
+    from cacheness._custom_models import CustomMetadataBase, custom_metadata_model
     from cacheness._decorator import CacheInfo, cache_if, cached
     from cacheness._global import get_cache, reset_cache
     from cacheness._keys import KEY_VERSION
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 _LAZY: dict[str, tuple[str, str]] = {
     "CacheConfig": ("cacheness._config", "CacheConfig"),
+    "CustomMetadataBase": ("cacheness._custom_models", "CustomMetadataBase"),
     "CacheInfo": ("cacheness._decorator", "CacheInfo"),
     "KEY_VERSION": ("cacheness._keys", "KEY_VERSION"),
     "SecurityConfig": ("cacheness._config", "SecurityConfig"),
@@ -41,6 +43,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "cache_if": ("cacheness._decorator", "cache_if"),
     "cached": ("cacheness._decorator", "cached"),
     "cacheness": ("cacheness._cache", "cacheness"),
+    "custom_metadata_model": ("cacheness._custom_models", "custom_metadata_model"),
     "get_cache": ("cacheness._global", "get_cache"),
     "reset_cache": ("cacheness._global", "reset_cache"),
 }
@@ -58,12 +61,14 @@ __all__ = [
     "CachePluginError",
     "CacheSerializationError",
     "CacheStorageError",
+    "CustomMetadataBase",
     "SecurityConfig",
     "UnifiedCache",
     "__version__",
     "cache_if",
     "cached",
     "cacheness",
+    "custom_metadata_model",
     "get_cache",
     "reset_cache",
 ]

@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from cacheness._config import DEFAULT_MAX_CACHE_SIZE_MB, CacheConfig
+from cacheness._custom_metadata import CustomMetadataMixin
 from cacheness._index import CacheIndex, Generation, IndexRow, Limits, Pending, filter_matches
 from cacheness._keys import make_key, render_params
 from cacheness.storage import BlobStore
@@ -102,7 +103,7 @@ def _utc(ts: float | None) -> datetime | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC)
 
 
-class UnifiedCache:
+class UnifiedCache(CustomMetadataMixin):
     """A persistent cache of Python objects, keyed by the parameters that produced them.
 
     ``cacheness()`` keeps its data in ``$CACHENESS_DIR`` or ``./.cacheness``;
@@ -171,6 +172,11 @@ class UnifiedCache:
 
     def _open_index(self, root: Any) -> CacheIndex:
         policy = self.config.eviction_policy
+        if "://" in self.config.metadata_backend:
+            # A SQLAlchemy URL: the index lives in that database too (a team's PostgreSQL).
+            from cacheness._sql_index import SqlAlchemyIndex
+
+            return SqlAlchemyIndex(self.config.metadata_backend, policy)
         if self.config.metadata_backend == "json":
             from cacheness._json_index import JsonIndex
 
@@ -477,17 +483,6 @@ class UnifiedCache:
             raise CacheConfigError(f"ttl_seconds must be a number > 0 or None, not {ttl!r}")
         return float(ttl)
 
-    def _check_custom_metadata(self, custom_metadata: Any) -> None:
-        """Seam for the custom-metadata feature, which needs an SQL metadata backend."""
-        if custom_metadata is not None:
-            raise CacheConfigError(
-                "custom_metadata needs custom metadata models, which this cache does not have "
-                "(see custom_metadata_model)"
-            )
-
-    def _attach_custom_metadata(self, key: str, custom_metadata: Any) -> None:
-        """Seam: store ``custom_metadata`` rows linked to ``key`` (after the put committed)."""
-
     def _new_store_key(self, key: str) -> str:
         return f"{key}#{os.urandom(8).hex()}"
 
@@ -516,7 +511,7 @@ class UnifiedCache:
         key = self._key(cache_key, params, None)
         self._check_open()
         expires_in = self._ttl(ttl_seconds)
-        self._check_custom_metadata(custom_metadata)
+        custom = self._prepare_custom_metadata(custom_metadata)
         if description is not None and not isinstance(description, str):
             raise CacheConfigError(f"description must be a str, not {type(description).__name__}")
         rendered = render_params(params) if params else None
@@ -541,7 +536,10 @@ class UnifiedCache:
                 description=description,
                 metadata=record.metadata,
             )
-            result = self._index.put(row, self._limits, self._take_pending())
+            if custom is None:
+                result = self._index.put(row, self._limits, self._take_pending())
+            else:
+                result = self._put_with_custom(row, custom)
         except BaseException:
             self._store.delete(store_key)
             raise
@@ -559,8 +557,6 @@ class UnifiedCache:
                 row.size,
                 self.config.max_cache_size_mb,
             )
-        if custom_metadata is not None:
-            self._attach_custom_metadata(key, custom_metadata)
         return key
 
     def _log_eviction(self, n: int) -> None:
@@ -760,6 +756,7 @@ class UnifiedCache:
         finally:
             self._closed = True
             try:
+                self._close_custom_metadata()
                 self._index.close()
             finally:
                 self._store.close()

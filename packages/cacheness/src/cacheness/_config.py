@@ -107,7 +107,9 @@ class CacheConfig(_Strict):
 
     ``cache_dir``: folder for the index, metadata and blobs (default
     ``$CACHENESS_DIR`` or ``./.cacheness``). ``metadata_backend``:
-    ``"sqlite"`` (default), ``"json"`` or ``"memory"``. ``blob_backend``:
+    ``"sqlite"`` (default), ``"json"``, ``"memory"`` or a SQLAlchemy URL
+    (``"postgresql+psycopg://..."``: the store's metadata and the cache index
+    both live in that database). ``blob_backend``:
     ``"file"``, ``"memory"`` or a URL such as ``"s3://bucket/prefix"`` (default:
     ``"memory"`` with the memory metadata backend, else ``"file"``).
     ``default_ttl_seconds``: lifetime of an entry put without ``ttl_seconds``
@@ -137,12 +139,15 @@ class CacheConfig(_Strict):
     security: SecurityConfig = dataclasses.field(default_factory=SecurityConfig)
 
     def __post_init__(self) -> None:
-        if self.metadata_backend not in METADATA_BACKENDS:
+        # A SQLAlchemy URL ("postgresql+psycopg://...") puts the index there too.
+        is_url = isinstance(self.metadata_backend, str) and "://" in self.metadata_backend
+        if not is_url and self.metadata_backend not in METADATA_BACKENDS:
             close = difflib.get_close_matches(str(self.metadata_backend), METADATA_BACKENDS, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise CacheConfigError(
                 f"metadata_backend={self.metadata_backend!r} is not supported by the cache"
-                f"{hint}; choose one of {', '.join(METADATA_BACKENDS)}"
+                f"{hint}; choose one of {', '.join(METADATA_BACKENDS)}, or a SQLAlchemy URL "
+                "such as 'postgresql+psycopg://user@host/db'"
             )
         if self.eviction_policy not in EVICTION_POLICIES:
             raise CacheConfigError(

@@ -27,7 +27,7 @@ import struct
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
@@ -456,7 +456,15 @@ class SqliteIndex(CacheIndex):
         with self._txn() as conn:
             self._flush(conn, pending)
 
-    def put(self, row: IndexRow, limits: Limits, pending: Pending) -> PutResult:
+    def put(
+        self,
+        row: IndexRow,
+        limits: Limits,
+        pending: Pending,
+        extra: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> PutResult:
+        """See :meth:`CacheIndex.put`; ``extra(connection)`` runs in the same transaction
+        right after the row is written (custom-metadata rows)."""
         with self._txn() as conn:
             self._flush(conn, pending)
             old = conn.execute(
@@ -484,6 +492,8 @@ class SqliteIndex(CacheIndex):
                     _dumps(row.metadata),
                 ),
             )
+            if extra is not None:
+                extra(conn)
             entries, size = self._bump(conn, d_entries, d_size)
             result = PutResult(replaced=None if old is None else old[0], victims=[])
             self._evict(conn, row.key, limits, result, entries, size)
