@@ -405,3 +405,44 @@ def test_log_levels(tmp_path: Path, caplog: pytest.LogCaptureFixture, blob_files
         caplog.clear()
         store.verify(repair=True)
         assert max(r.levelno for r in caplog.records) == logging.ERROR
+
+
+@pytest.mark.parametrize("field", sorted(VALID_SIGNED_FIELDS))
+def test_every_default_signed_field_is_covered(tmp_path: Path, field: str) -> None:
+    from datetime import timedelta
+
+    with BlobStore(tmp_path / "s", signing_key=KEY) as store:
+        store.put({"v": 1}, key="k", metadata={"m": 1})
+        record = store.metadata_backend.get("k")
+        assert record is not None
+        changed: Any = {
+            "key": "k",  # the row stays under "k" but claims another key below
+            "blob_key": "f" * 32,
+            "data_type": "list",
+            "handler": "bytes",
+            "codec": "zstd" if record.codec == "none" else "none",
+            "size": record.size + 1,
+            "content_hash": "xxh3_128:" + "0" * 32,
+            "created_at": record.created_at + timedelta(microseconds=1),
+            "info": {"forged": True},
+            "metadata": {"m": 2},
+        }[field]
+        if field == "key":
+            forged = dataclasses.replace(record, key="other")
+            store.metadata_backend.put(forged)  # a valid signature copied onto another key
+            assert store.get_metadata("other")["signature_valid"] is False  # type: ignore[index]
+        else:
+            _tamper(store, "k", **{field: changed})
+            assert store.get_metadata("k")["signature_valid"] is False  # type: ignore[index]
+            with pytest.raises(CacheIntegrityError):
+                store.get("k")
+
+
+def test_world_readable_key_file_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    key_file = tmp_path / "k.key"
+    key_file.write_bytes(KEY)
+    key_file.chmod(0o644)
+    with caplog.at_level(logging.WARNING), BlobStore(tmp_path / "s", signing_key=key_file):
+        pass
+    assert "chmod 600" in caplog.text
+    assert KEY.hex() not in caplog.text

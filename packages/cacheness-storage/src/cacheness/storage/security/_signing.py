@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 from collections.abc import Iterable
@@ -48,6 +49,8 @@ DEFAULT_SIGNED_FIELDS: tuple[str, ...] = tuple(sorted(VALID_SIGNED_FIELDS))
 #: Covered whatever ``custom_signed_fields`` says: what decides how stored bytes are loaded.
 ALWAYS_SIGNED: frozenset[str] = frozenset({"content_hash", "handler", "codec", "info"})
 MIN_KEY_BYTES = 32
+
+logger = logging.getLogger(__name__)
 ENV_VAR = "CACHENESS_SIGNING_KEY"
 
 
@@ -129,9 +132,16 @@ def load_signing_key(value: bytes | str | os.PathLike[str] | None) -> bytes | No
 
 def _key_file(path: Path) -> bytes:
     try:
-        return path.read_bytes()
+        key = path.read_bytes()
     except FileNotFoundError:
         pass
+    else:
+        if os.stat(path).st_mode & 0o077:
+            # Still usable, but anyone who can read it can forge entries.
+            logger.warning(
+                "signing key file %s is readable by other users; run: chmod 600 %s", path, path
+            )
+        return key
     path.parent.mkdir(parents=True, exist_ok=True)
     key = secrets.token_bytes(MIN_KEY_BYTES)
     try:
