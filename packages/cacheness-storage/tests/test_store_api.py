@@ -19,6 +19,7 @@ from cacheness.storage import (
     CacheError,
     CacheKeyError,
     CacheSerializationError,
+    CacheStorageError,
     VerifyReport,
 )
 
@@ -225,8 +226,10 @@ def test_put_file_refuses_text_and_non_files(store: BlobStore, tmp_path: Path) -
         store.put_file(text, key="t")  # type: ignore[arg-type]
     with pytest.raises(CacheSerializationError):
         store.put_file(123, key="t")  # type: ignore[arg-type]
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(CacheStorageError) as info:
         store.put_file(tmp_path / "absent", key="t")
+    assert info.value.key == "t" and "absent" in str(info.value)
+    assert isinstance(info.value.__cause__, FileNotFoundError)
     assert store.list() == []
 
 

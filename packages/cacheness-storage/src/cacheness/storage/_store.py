@@ -379,7 +379,15 @@ class BlobStore:
             _check_key(key)
         user_meta = _check_metadata(metadata, key)
         if isinstance(source, str | os.PathLike):
-            with open(source, "rb") as f:
+            try:
+                f = open(source, "rb")
+            except OSError as exc:
+                raise CacheStorageError(
+                    f"cannot read {os.fspath(source)!r} to store it under {key!r}: "
+                    f"{exc.strerror}",
+                    key=key,
+                ) from exc
+            with f:
                 return self._put_stream(f, key, user_meta)
         if not hasattr(source, "read"):
             raise CacheSerializationError(
@@ -393,7 +401,12 @@ class BlobStore:
         writer = self.blob_backend.writer()
         try:
             while True:
-                chunk = src.read(_STREAM_CHUNK)
+                try:
+                    chunk = src.read(_STREAM_CHUNK)
+                except OSError as exc:
+                    raise CacheStorageError(
+                        f"reading the source file for {key!r} failed: {exc}", key=key
+                    ) from exc
                 if not chunk:
                     break
                 if isinstance(chunk, str):
