@@ -383,8 +383,7 @@ class BlobStore:
                 f = open(source, "rb")
             except OSError as exc:
                 raise CacheStorageError(
-                    f"cannot read {os.fspath(source)!r} to store it under {key!r}: "
-                    f"{exc.strerror}",
+                    f"cannot read {os.fspath(source)!r} for {key!r}: {exc.strerror}",
                     key=key,
                 ) from exc
             with f:
