@@ -28,8 +28,22 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture(params=["sqlite", "json", "memory"])
-def backend(request: pytest.FixtureRequest) -> str:
+@pytest.fixture(
+    params=[
+        "sqlite",
+        "json",
+        "memory",
+        "sqlalchemy-sqlite",
+        pytest.param("postgresql", marks=pytest.mark.integration),
+    ]
+)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A metadata backend name, or a SQLAlchemy URL (the index in that database:
+    a SQLite file through SQLAlchemy, or a fresh PostgreSQL schema)."""
+    if request.param == "sqlalchemy-sqlite":
+        return f"sqlite:///{tmp_path / 'index.db'}"
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("postgres_url"))
     return str(request.param)
 
 

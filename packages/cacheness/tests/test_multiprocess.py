@@ -13,8 +13,12 @@ from cacheness import cacheness
 WORKER = str(Path(__file__).with_name("_cache_worker.py"))
 
 
-@pytest.fixture(params=["sqlite", "json"])
+@pytest.fixture(
+    params=["sqlite", "json", pytest.param("postgresql", marks=pytest.mark.integration)]
+)
 def shared_backend(request: pytest.FixtureRequest) -> str:
+    if request.param == "postgresql":  # the index and the store's metadata in PostgreSQL
+        return str(request.getfixturevalue("postgres_url"))
     return str(request.param)
 
 
