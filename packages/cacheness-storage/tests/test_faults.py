@@ -250,3 +250,16 @@ def test_closed_store_refuses_work(tmp_path: Path) -> None:
         assert again.get("k") == 1
         with pytest.raises(CacheKeyError):
             again.open("absent")
+
+
+def test_short_lived_threads_do_not_pile_up_connections(tmp_path: Path) -> None:
+    proc = psutil.Process()
+    with BlobStore(tmp_path / "s") as store:
+        store.put(1, key="k")
+        fds_before = proc.num_fds()
+        for _ in range(60):  # a thread per request, as some servers do
+            t = threading.Thread(target=lambda: store.put(store.get("k"), key="k"))
+            t.start()
+            t.join()
+        assert proc.num_fds() <= fds_before + 6
+        assert store.get("k") == 1

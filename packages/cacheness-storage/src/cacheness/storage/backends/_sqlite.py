@@ -63,7 +63,9 @@ class SqliteMetadataBackend(MetadataBackend):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path).absolute()
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        # (owning thread, connection): a connection is closed once its thread is
+        # gone, so thread-pool churn does not pile up open files until close().
+        self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._all_lock = threading.Lock()
         self._closed = False
         self._pid = os.getpid()
@@ -114,7 +116,14 @@ class SqliteMetadataBackend(MetadataBackend):
         self._local.conn = conn
         self._local.depth = 0
         with self._all_lock:
-            self._all.append(conn)
+            alive = []
+            for thread, other in self._all:
+                if thread.is_alive():
+                    alive.append((thread, other))
+                else:
+                    other.close()
+            alive.append((threading.current_thread(), conn))
+            self._all = alive
         return conn
 
     @contextmanager
@@ -257,7 +266,7 @@ class SqliteMetadataBackend(MetadataBackend):
         self._closed = True
         with self._all_lock:
             conns, self._all = self._all, []
-        for conn in conns:
+        for _thread, conn in conns:
             conn.close()
         self._local = threading.local()
 
