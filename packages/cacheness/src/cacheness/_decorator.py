@@ -278,6 +278,10 @@ class CachedFunction(Generic[P, R]):
     the call; the original function is ``__wrapped__``.
     """
 
+    __name__: str
+    __qualname__: str
+    __wrapped__: Callable[P, R]
+
     def __init__(
         self,
         func: Callable[P, R],

@@ -1,0 +1,167 @@
+"""Concurrent callers of one missing key: threads of a process, and processes sharing a
+cache directory, run the body once; a creator that dies does not block the others."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cacheness import cached, cacheness
+
+from .conftest import Counter
+
+WORKER = str(Path(__file__).with_name("_decorator_worker.py"))
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "json", "memory"])
+def test_eight_threads_run_the_body_once(tmp_path: Path, backend: str, runs: Counter) -> None:
+    with cacheness(cache_dir=tmp_path / "c", metadata_backend=backend) as cache:
+
+        @cached(cache_instance=cache)
+        def slow(x: int) -> list[int]:
+            runs()
+            time.sleep(0.2)
+            return [x] * 3
+
+        barrier = threading.Barrier(8)
+        results: list[Any] = [None] * 8
+
+        def call(i: int) -> None:
+            barrier.wait()
+            results[i] = slow(5)
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert results == [[5, 5, 5]] * 8
+        assert runs.n == 1
+        assert slow.cache_info()[:2] == (7, 1)
+
+
+def test_a_failed_computation_is_not_shared_waiters_retry(sqlite_cache: Any, runs: Counter) -> None:
+    @cached(cache_instance=sqlite_cache)
+    def flaky(x: int) -> int:
+        n = runs()
+        time.sleep(0.1)
+        if n == 1:
+            raise RuntimeError("first attempt fails")
+        return x
+
+    barrier = threading.Barrier(4)
+    outcomes: list[Any] = [None] * 4
+
+    def call(i: int) -> None:
+        barrier.wait()
+        try:
+            outcomes[i] = flaky(3)
+        except RuntimeError as exc:
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sum(isinstance(o, RuntimeError) for o in outcomes) == 1
+    assert sorted(o for o in outcomes if isinstance(o, int)) == [3, 3, 3]
+    assert runs.n == 2
+
+
+def test_recursive_call_with_the_same_key_does_not_deadlock(
+    sqlite_cache: Any, runs: Counter
+) -> None:
+    @cached(cache_instance=sqlite_cache)
+    def f(x: int, depth: int = 0) -> int:
+        runs()
+        return x if runs.n > 1 else f(x)
+
+    assert f(4) == 4
+    assert runs.n == 2
+
+
+def _start(cache_dir: Path, runs_file: Path, sleep_s: float, lease_ttl: float, *go: str) -> Any:
+    return subprocess.Popen(
+        [sys.executable, WORKER, str(cache_dir), str(runs_file), str(sleep_s), str(lease_ttl), *go],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+def test_four_processes_run_the_body_once(tmp_path: Path) -> None:
+    cache_dir, runs_file, go = tmp_path / "cache", tmp_path / "runs", tmp_path / "go"
+    with cacheness(cache_dir=cache_dir):
+        pass  # create the directory once, so the workers only race on the call
+    procs = [_start(cache_dir, runs_file, 0.5, 30, str(go)) for _ in range(4)]
+    time.sleep(0.3)
+    go.touch()
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    assert [o["value"] for o in outs] == [42] * 4
+    assert len(_lines(runs_file)) == 1
+    with cacheness(cache_dir=cache_dir) as cache:
+        assert cache.stats()["entries"] == 1
+
+
+def test_a_killed_creator_does_not_block_the_others(tmp_path: Path) -> None:
+    """A holds the lease and renews it while alive; B waits (longer than the lease TTL)
+    without computing; A is SIGKILLed mid-compute; B computes once the lease expires."""
+    cache_dir, runs_file = tmp_path / "cache", tmp_path / "runs"
+    lease_ttl = 0.6
+    creator = _start(cache_dir, runs_file, 60, lease_ttl)
+    try:
+        deadline = time.monotonic() + 30
+        while not _lines(runs_file):
+            assert creator.poll() is None, creator.communicate()[1]
+            assert time.monotonic() < deadline, "the creator never started its body"
+            time.sleep(0.01)
+        with cacheness(cache_dir=cache_dir) as cache:
+            bodies = Counter()
+
+            @cached(cache_instance=cache, key_prefix="stampede", lease_ttl_seconds=lease_ttl)
+            def slow(x: int) -> int:
+                bodies()
+                return x * 2
+
+            result: list[Any] = []
+            waiter = threading.Thread(target=lambda: result.append(slow(21)))
+            t0 = time.monotonic()
+            waiter.start()
+            time.sleep(3 * lease_ttl)
+            # The creator is alive and renews its lease: the waiter has not taken over.
+            assert waiter.is_alive() and bodies.n == 0
+            creator.send_signal(signal.SIGKILL)
+            creator.wait(10)
+            killed_at = time.monotonic()
+            waiter.join(30)
+            assert result == [42]
+            assert bodies.n == 1
+            assert time.monotonic() - killed_at < 5 * lease_ttl + 2
+            assert time.monotonic() - t0 > 3 * lease_ttl
+            assert cache.get(cache_key=slow.cache_key(21)) == 42
+        assert len(_lines(runs_file)) == 1  # the creator's body, never finished
+    finally:
+        if creator.poll() is None:
+            os.kill(creator.pid, signal.SIGKILL)
+            creator.wait(10)
+        if creator.stdout is not None:
+            creator.stdout.close()
+        if creator.stderr is not None:
+            creator.stderr.close()
