@@ -120,8 +120,14 @@ def _hammer(tmp_path: Path, backend: str, seconds: float) -> None:
         assert store.verify().ok
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "json"])
-def test_processes_and_threads(tmp_path: Path, backend: str) -> None:
+@pytest.mark.parametrize(
+    "backend", ["sqlite", "json", pytest.param("postgresql", marks=pytest.mark.integration)]
+)
+def test_processes_and_threads(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    if backend == "postgresql":
+        backend = request.getfixturevalue("postgres_url")
     _hammer(tmp_path, backend, seconds=3.0)
 
 

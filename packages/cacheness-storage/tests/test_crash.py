@@ -162,8 +162,14 @@ def _kill_loop(root: Path, backend: str, kills: int, seed: int) -> None:
     assert landed + not_landed > 0
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "json"])
-def test_sigkill_during_writes(tmp_path: Path, backend: str) -> None:
+@pytest.mark.parametrize(
+    "backend", ["sqlite", "json", pytest.param("postgresql", marks=pytest.mark.integration)]
+)
+def test_sigkill_during_writes(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    if backend == "postgresql":
+        backend = request.getfixturevalue("postgres_url")
     _kill_loop(tmp_path / "store", backend, DEFAULT_KILLS, seed=7)
 
 

@@ -15,6 +15,7 @@ __all__ = ["FilesystemBlobBackend"]
 
 _SAFE = frozenset("0123456789abcdefghijklmnopqrstuvwxyz._-")
 _COPY_CHUNK = 8 * 1024 * 1024
+_O_READ = os.O_RDONLY | getattr(os, "O_BINARY", 0)  # no newline translation on Windows
 
 
 def _storage_error(exc: OSError, action: str, key: str | None, root: Path) -> CacheStorageError:
@@ -152,7 +153,7 @@ class FilesystemBlobBackend(BlobBackend):
         path = self._path(key)
         try:
             # os.read of the known size: half the cost of open().read() for small blobs.
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(path, _O_READ)
             try:
                 size = os.fstat(fd).st_size
                 data = os.read(fd, size)
