@@ -86,6 +86,11 @@ class Collector:
         if not ok:
             counts[1] += 1
 
+    def count(self, workload: str, system: str, checked: int, wrong: int) -> None:
+        counts = self._checks.setdefault((workload, system), [0, 0])
+        counts[0] += checked
+        counts[1] += wrong
+
     def failed(self, workload: str, system: str) -> bool:
         return (workload, system) in self._status
 

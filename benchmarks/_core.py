@@ -170,7 +170,13 @@ class Workdir:
         self._n = 0
 
     @contextlib.contextmanager
-    def fresh(self, label: str) -> Iterator[Path]:
+    def fresh(self, label: str, *, defer_delete: bool = False) -> Iterator[Path]:
+        """A new empty directory, removed afterwards.
+
+        ``defer_delete``: for stores of hundreds of thousands of files, whose
+        removal takes minutes of disk time; the directory is renamed aside
+        (instant) and removed by a background process after the run.
+        """
         self._n += 1
         safe = "".join(c if c.isalnum() else "_" for c in label)[:40]
         path = self.base / f"{self._n:04d}-{safe}"
@@ -178,9 +184,30 @@ class Workdir:
         try:
             yield path
         finally:
-            shutil.rmtree(path, ignore_errors=True)
+            if defer_delete:
+                self._trash.mkdir(exist_ok=True)
+                path.rename(self._trash / path.name)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+
+    @property
+    def _trash(self) -> Path:
+        return self.base / "trash"
 
     def cleanup(self) -> None:
+        if self._trash.exists():
+            # Measurements are over: let a detached process do the slow unlinks.
+            import subprocess
+
+            moved = self.base.with_name(self.base.name + "-deleting")
+            self.base.rename(moved)
+            subprocess.Popen(
+                ["rm", "-rf", str(moved)],
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            return
         shutil.rmtree(self.base, ignore_errors=True)
 
 

@@ -131,8 +131,9 @@ def render_summary(doc: dict[str, Any]) -> str:
         "",
         LEGEND,
         "",
-        f"| workload | metric | cacheness | value | best peer | peer value | {RATIO_HEADER} | ok |",
-        "|---|---|---|---:|---|---:|---:|:-:|",
+        f"| workload | metric | cacheness | value | best peer | peer value | {RATIO_HEADER} | ok "
+        "| notes |",
+        "|---|---|---|---:|---|---:|---:|:-:|---|",
     ]
     for (workload, metric), group in by_key.items():
         ours = [r for r in group if r["kind"] == "ours"]
@@ -156,6 +157,7 @@ def render_summary(doc: dict[str, Any]) -> str:
                         _value(peer) if peer else "\u2013",
                         _ratio(row),
                         _verified(row),
+                        row.get("notes", "") if row["status"] == "ok" else "",
                     )
                 )
                 + " |"

@@ -67,7 +67,7 @@ class Plan:
         return cls(
             quick=False,
             reps=reps or 5,
-            small_ops=1_000,
+            small_ops=500,
             array_mb=100,
             df_rows=1_000_000,
             lat_small=1_000,
@@ -76,7 +76,7 @@ class Plan:
             lat_budget_s=75.0,
             hash_mb=100,
             conc_procs=4,
-            conc_ops=1_500,
+            conc_ops=800,
             conc_keys=500,
             phase_budget_s=1.5,
         )
@@ -528,8 +528,8 @@ def run_latency(plan: Plan, work: Workdir) -> list[Row]:
     opened: dict[str, adapters.StoreAdapter] = {}
     counts: dict[str, int] = {}
     p50_small: dict[str, float] = {}
-    try:
-        with _ExitDirs(work) as dirs:
+    with _ExitDirs(work) as dirs:
+        try:
             for name in systems:
                 adapter = adapters.make_store(name)
                 try:
@@ -581,9 +581,10 @@ def run_latency(plan: Plan, work: Workdir) -> list[Row]:
                         p50_big[name] / p50_small[name],
                         note,
                     )
-    finally:
-        for adapter in opened.values():
-            adapter.close()
+        finally:
+            # Close before the directories go: never delete files a store still holds.
+            for adapter in opened.values():
+                adapter.close()
     return coll.rows()
 
 
@@ -678,7 +679,7 @@ class _ExitDirs:
         self._stack: list[Any] = []
 
     def make(self, label: str) -> Any:
-        ctx = self.work.fresh(label)
+        ctx = self.work.fresh(label, defer_delete=True)
         path = ctx.__enter__()
         self._stack.append(ctx)
         return path
