@@ -148,12 +148,17 @@ class CustomMetadataMixin:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A plain SQLAlchemy session on the database of the custom metadata; closed
-        (uncommitted changes rolled back) when the block ends — call ``commit()``
-        yourself to keep changes."""
+        """A plain SQLAlchemy session on the database of the custom metadata (the
+        tables of every registered model exist); closed, uncommitted changes rolled
+        back, when the block ends — call ``commit()`` yourself to keep changes."""
         from sqlalchemy.orm import Session
 
+        from cacheness._custom_models import registered_models
+
         store = self._custom_store()
+        # The session may use any registered model: their tables must exist.
+        for name, model in registered_models().items():
+            store.ensure(name, model)
         session = Session(store.engine, expire_on_commit=False)
         try:
             yield session
