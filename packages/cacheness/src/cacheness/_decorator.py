@@ -30,7 +30,6 @@ then no longer renewed and expires).
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import functools
 import inspect
@@ -54,6 +53,8 @@ from cacheness.storage.errors import (
 )
 
 if TYPE_CHECKING:
+    import asyncio
+
     from cacheness._cache import UnifiedCache
 
 __all__ = ["CacheInfo", "CachedFunction", "cache_if", "cached"]
@@ -360,6 +361,7 @@ class CachedFunction(Generic[P, R]):
         self._hits = 0
         self._misses = 0
         self._keyer = self._build_keyer()
+        _live.add(self)
 
     # ---------------------------------------------------------- signature
 
@@ -716,6 +718,8 @@ class _AsyncCachedFunction(CachedFunction[P, R]):
     async def _acompute(
         self, cache: UnifiedCache, key: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
+        import asyncio  # only for coroutine functions: keeps ``import cacheness`` lighter
+
         loop = asyncio.get_running_loop()
         fkey = (id(loop), key)
         while True:
@@ -753,6 +757,8 @@ class _AsyncCachedFunction(CachedFunction[P, R]):
         if not self._use_lease:
             return await self._arun(cache, key, args, kwargs)
         assert self._lease_ttl is not None
+        import asyncio
+
         name, owner, ttl = "cached:" + key, _owner_id(cache), self._lease_ttl
         delay = _POLL_MIN
         while not cache._acquire_lease(name, ttl, owner):
@@ -781,6 +787,27 @@ class _AsyncCachedFunction(CachedFunction[P, R]):
         result = await coro
         self._store(cache, key, result)
         return result
+
+
+# Every decorated function, so that a forked child can drop its parent's in-flight state
+# (a computation running in another thread of the parent never finishes in the child).
+_live: weakref.WeakSet[CachedFunction[Any, Any]] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for func in list(_live):
+        func._lock = threading.Lock()
+        func._inflight = {}
+        func._afutures = {}
+    _keeper.lock = threading.Lock()
+    _keeper.wake = threading.Condition(_keeper.lock)
+    _keeper.held = {}
+    _keeper.thread = None
+    _owned.lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _owner_id(cache: UnifiedCache) -> str:
@@ -883,6 +910,8 @@ def _mark_coroutine(obj: Any) -> None:
     if mark is not None:
         mark(obj)
         return
+    import asyncio.coroutines
+
     marker = getattr(asyncio.coroutines, "_is_coroutine", None)
     if marker is not None:
         obj._is_coroutine = marker

@@ -165,3 +165,39 @@ def test_a_killed_creator_does_not_block_the_others(tmp_path: Path) -> None:
             creator.stdout.close()
         if creator.stderr is not None:
             creator.stderr.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_does_not_wait_for_its_parents_threads(
+    sqlite_cache: Any, runs: Counter
+) -> None:
+    """A computation running in a parent thread at fork time never finishes in the child;
+    the child computes (or reads the parent's result) instead of waiting forever."""
+    import warnings
+
+    started = threading.Event()
+
+    @cached(cache_instance=sqlite_cache)
+    def slow(x: int) -> int:
+        runs()
+        started.set()
+        time.sleep(0.5)
+        return x * 3
+
+    parent = threading.Thread(target=slow, args=(5,))
+    parent.start()
+    assert started.wait(10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
+        pid = os.fork()
+    if pid == 0:  # the child: exit 0 only with the right value; SIGALRM ends a hang
+        signal.alarm(20)
+        code = 1
+        try:
+            code = 0 if slow(5) == 15 else 1
+        finally:
+            os._exit(code)
+    parent.join(10)
+    _, status = os.waitpid(pid, 0)
+    assert not os.WIFSIGNALED(status), "the child hung on its parent's computation"
+    assert os.WEXITSTATUS(status) == 0
