@@ -14,7 +14,6 @@ import os
 import shutil
 import statistics
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -250,10 +249,6 @@ class PeakRSS:
         peak = self._read("VmHWM:")
         if peak is not None:
             self.growth_mb = max(0, peak - self._start) / MB
-
-
-def now() -> float:
-    return time.perf_counter()
 
 
 def pin_malloc() -> None:
