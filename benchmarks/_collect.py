@@ -23,6 +23,7 @@ def same(expected: Any, actual: Any) -> bool:
             isinstance(actual, np.ndarray)
             and actual.dtype == expected.dtype
             and actual.shape == expected.shape
+            and actual.flags.f_contiguous == expected.flags.f_contiguous
             and bool(np.array_equal(expected, actual))
         )
     if pd is not None and isinstance(expected, pd.DataFrame):
@@ -30,6 +31,8 @@ def same(expected: Any, actual: Any) -> bool:
             isinstance(actual, pd.DataFrame)
             and bool(expected.equals(actual))
             and list(expected.columns) == list(actual.columns)
+            and type(expected.index) is type(actual.index)
+            and bool(expected.index.equals(actual.index))
             and bool((expected.dtypes == actual.dtypes).all())
         )
     return type(expected) is type(actual) and bool(expected == actual)
