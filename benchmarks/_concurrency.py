@@ -111,6 +111,14 @@ def _warm(_: int) -> int:
     return os.getpid()
 
 
+def _kill(pool: ProcessPoolExecutor) -> None:
+    """Kill a pool's workers (they hang): the executor has no public way to."""
+    processes = getattr(pool, "_processes", None) or {}
+    for proc in list(processes.values()):
+        proc.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
 def run_concurrency(plan: Any, work: Workdir) -> list[Row]:
     import multiprocessing
 
@@ -130,8 +138,16 @@ def run_concurrency(plan: Any, work: Workdir) -> list[Row]:
     total_errors: dict[str, int] = {}
     first_error: dict[str, str] = {}
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=procs, mp_context=ctx) as pool:
+
+    def new_pool() -> ProcessPoolExecutor:
+        pool = ProcessPoolExecutor(max_workers=procs, mp_context=ctx)
         list(pool.map(_warm, range(procs)))
+        return pool
+
+    # A worker that hangs (a lock never released) must cost one row, not the run.
+    timeout_s = 60.0 + plan.conc_ops * 0.05
+    pool = new_pool()
+    try:
         for rep in range(plan.reps):
             for name in rotate(systems, rep):
                 if coll.failed(workload, name):
@@ -153,7 +169,14 @@ def run_concurrency(plan: Any, work: Workdir) -> list[Row]:
                             )
                             for p in range(procs)
                         ]
-                        results = [f.result() for f in futures]
+                        try:
+                            results = [f.result(timeout=timeout_s) for f in futures]
+                        except TimeoutError:
+                            _kill(pool)
+                            pool = new_pool()
+                            raise TimeoutError(
+                                f"a worker did not finish {plan.conc_ops} ops in {timeout_s:.0f} s"
+                            ) from None
                 except Exception as exc:
                     coll.fail(workload, name, kind, exc)
                     continue
@@ -165,6 +188,8 @@ def run_concurrency(plan: Any, work: Workdir) -> list[Row]:
                 coll.count(workload, name, sum(r["gets"] for r in results), len(errors))
                 total_errors[name] = total_errors.get(name, 0) + len(errors)
                 first_error.setdefault(name, errors[0] if errors else "")
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     for name, total in total_errors.items():
         # A total, not a median: one bad read in five repetitions must show.
         note = f"first: {first_error[name]}" if first_error.get(name) else ""
