@@ -264,7 +264,9 @@ class CustomStore:
     @contextmanager
     def _ddl(self) -> Iterator[Connection]:
         with self.engine.connect() as conn:
-            if self.raw_sqlite:
+            if self.engine.dialect.name == "sqlite":
+                # Take the write lock up front: a deferred transaction that later writes
+                # gets SQLITE_BUSY at once, without waiting, when another process writes.
                 conn = conn.execution_options(cacheness_write=True)
             with conn.begin():
                 if self.postgres:
