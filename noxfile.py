@@ -39,7 +39,7 @@ def _install_dev(session: nox.Session, *groups: str) -> None:
 def tests(session: nox.Session) -> None:
     """Both packages and the cross-package tests, against editable installs (no services)."""
     _install_dev(session, "test", "bench")
-    session.run("pytest", *TEST_DIRS, "-m", "not integration", *session.posargs)
+    session.run("pytest", *TEST_DIRS, "-m", "not integration and not slow", *session.posargs)
 
 
 @nox.session
@@ -49,7 +49,15 @@ def storage_only(session: nox.Session) -> None:
     shutil.rmtree(dist, ignore_errors=True)
     session.install("hatchling>=1.27", "pip")
     session.run(
-        "python", "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), STORAGE
+        "python",
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "-w",
+        str(dist),
+        STORAGE,
     )
     wheel = next(dist.glob("cacheness_storage-*.whl"))
     session.install(str(wheel), *nox.project.dependency_groups(PYPROJECT, "test"))
@@ -64,7 +72,7 @@ def storage_only(session: nox.Session) -> None:
         "pytest",
         f"{STORAGE}/tests",
         "-m",
-        "not integration",
+        "not integration and not slow",
         "-p",
         "no:cacheprovider",
         *session.posargs,
@@ -118,11 +126,20 @@ def services(session: nox.Session) -> None:
                 time.sleep(0.2)
         env["CACHENESS_TEST_S3_ENDPOINT"] = f"http://127.0.0.1:{port}"
     try:
-        session.run("pytest", *TEST_DIRS, "-m", "integration", *session.posargs, env=env)
+        session.run(
+            "pytest", *TEST_DIRS, "-m", "integration and not slow", *session.posargs, env=env
+        )
     finally:
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=10)
+
+
+@nox.session(default=False)
+def slow(session: nox.Session) -> None:
+    """The long fault-injection loops (hundreds of SIGKILLs, 2 GB streams, 30 s concurrency runs)."""
+    _install_dev(session, "test", "services")
+    session.run("pytest", *TEST_DIRS, "-m", "slow", *session.posargs)
 
 
 @nox.session(default=False)

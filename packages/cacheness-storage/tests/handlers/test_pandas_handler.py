@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pytest
 from cacheness.storage import BlobStore
+
+pd = pytest.importorskip("pandas")
 
 N = 2_000
 

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 
 import pytest
 from cacheness.storage import BlobStore, CacheConfigError, CacheKeyError
 from cacheness.storage.backends._s3 import S3BlobBackend
+
+# The s3 extra is optional: these build real (offline) clients, so they need boto3.
+# The storage_only session runs without it; the first test covers that case.
+needs_boto3 = pytest.mark.skipif(
+    importlib.util.find_spec("boto3") is None, reason="boto3 is not installed (the s3 extra)"
+)
 
 
 def test_imports_and_registers_without_boto3_and_says_how_to_install_it() -> None:
@@ -28,6 +35,7 @@ else:
     assert "pip install 'cacheness-storage[s3]'" in proc.stdout
 
 
+@needs_boto3
 def test_url_and_options_are_parsed_without_network() -> None:
     # An endpoint nobody serves: construction must not touch it.
     b = S3BlobBackend.from_url(
@@ -44,6 +52,7 @@ def test_url_and_options_are_parsed_without_network() -> None:
         assert root.object_key("0abc") == "0abc"
 
 
+@needs_boto3
 @pytest.mark.parametrize(
     ("url", "options", "match"),
     [
@@ -61,11 +70,13 @@ def test_bad_configuration_is_a_config_error(
         S3BlobBackend.from_url(url, **options)
 
 
+@needs_boto3
 def test_bad_option_through_the_store_changes_nothing(tmp_path: object) -> None:
     with pytest.raises(CacheConfigError, match="valid: endpoint_url"):
         BlobStore(backend="memory", blob_backend="s3://b/p", blob_backend_options={"endpoint": "x"})
 
 
+@needs_boto3
 @pytest.mark.parametrize("bad", ["", ".", "..", "../x", "a/b", "A", "x\x00"])
 def test_unsafe_blob_names_are_refused(bad: str) -> None:
     with S3BlobBackend("b", "p") as b, pytest.raises(CacheKeyError):
