@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from cacheness import cached, cacheness
 from cacheness.storage import BlobStore
 
@@ -26,7 +25,10 @@ def load_prices(symbol: str, days: int = 250) -> pd.DataFrame:
     time.sleep(0.5)  # stands in for a slow download or query
     rng = np.random.default_rng(abs(hash(symbol)) % 2**32)
     return pd.DataFrame(
-        {"day": pd.date_range("2024-01-01", periods=days, tz="UTC"), "price": rng.normal(100, 5, days)}
+        {
+            "day": pd.date_range("2024-01-01", periods=days, tz="UTC"),
+            "price": rng.normal(100, 5, days),
+        }
     )
 
 

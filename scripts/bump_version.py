@@ -7,7 +7,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FILES = [ROOT / "packages/cacheness-storage/pyproject.toml", ROOT / "packages/cacheness/pyproject.toml"]
+FILES = [
+    ROOT / "packages/cacheness-storage/pyproject.toml",
+    ROOT / "packages/cacheness/pyproject.toml",
+]
 
 
 def bump(new: str) -> None:
@@ -16,7 +19,9 @@ def bump(new: str) -> None:
     for path in FILES:
         text = path.read_text()
         text = re.sub(r'(?m)^version = "[^"]+"', f'version = "{new}"', text, count=1)
-        text = re.sub(r"cacheness-storage(\[[a-z0-9,]+\])?~=[0-9.]+", rf"cacheness-storage\g<1>~={new}", text)
+        text = re.sub(
+            r"cacheness-storage(\[[a-z0-9,]+\])?~=[0-9.]+", rf"cacheness-storage\g<1>~={new}", text
+        )
         path.write_text(text)
 
 

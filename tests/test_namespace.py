@@ -65,7 +65,9 @@ def test_storage_wheel_alone(make_venv: Any, wheels: dict[str, Path]) -> None:
     assert missing.strip() == "[]", "the storage wheel must not pull pandas, dill or polars"
     assert "round-trip-ok" in venv.python_code(ROUND_TRIP)
     # Without the cache distribution, `cacheness` is a bare namespace portion.
-    out = venv.python_code("import cacheness, cacheness.storage; print(hasattr(cacheness, 'cached'))")
+    out = venv.python_code(
+        "import cacheness, cacheness.storage; print(hasattr(cacheness, 'cached'))"
+    )
     assert out.strip() == "False"
 
 
@@ -82,7 +84,12 @@ def test_full_wheels(full_venv: Any) -> None:
 
 def test_editable_installs(make_venv: Any) -> None:
     venv = make_venv("editable")
-    venv.install("-e", str(ROOT / "packages" / "cacheness-storage"), "-e", str(ROOT / "packages" / "cacheness"))
+    venv.install(
+        "-e",
+        str(ROOT / "packages" / "cacheness-storage"),
+        "-e",
+        str(ROOT / "packages" / "cacheness"),
+    )
     assert "round-trip-ok" in venv.python_code(ROUND_TRIP)
     paths = venv.python_code("import cacheness; print('\\n'.join(cacheness.__path__))").split()
     assert str(ROOT / "packages" / "cacheness" / "src" / "cacheness") in paths

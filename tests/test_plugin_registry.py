@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import pytest
-
 from cacheness.storage import BlobStore, CacheConfigError, CachePluginError, hookimpl
 from cacheness.storage._plugins import PluginManager
 from cacheness.storage.abc import Codec, TypeHandler

@@ -25,7 +25,9 @@ def test_cache_pins_storage_to_the_same_minor() -> None:
     for extra, deps in _project("cacheness")["optional-dependencies"].items():
         for dep in deps:
             if dep.startswith("cacheness-storage"):
-                assert re.fullmatch(rf"cacheness-storage\[[a-z0-9,]+\]~={re.escape(version)}", dep), extra
+                assert re.fullmatch(
+                    rf"cacheness-storage\[[a-z0-9,]+\]~={re.escape(version)}", dep
+                ), extra
 
 
 def test_installed_version_matches_pyproject() -> None:

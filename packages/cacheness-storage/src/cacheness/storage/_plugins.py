@@ -103,13 +103,13 @@ class PluginManager(pluggy.PluginManager):
 
     # ------------------------------------------------------------- registries
 
-    def _collect(self, kind: str, base: type[T]) -> dict[str, type[T]]:
+    def _collect(self, kind: str, base: type) -> dict[str, Any]:
         cached = self._registries.get(kind)
         if cached is not None:
-            return cached  # type: ignore[no-any-return]
+            return cached
         with self._lock:
             hook = getattr(self.hook, f"cacheness_register_{kind}")
-            registry: dict[str, type[T]] = {}
+            registry: dict[str, Any] = {}
             for cls in _flatten(hook()):
                 if not (isinstance(cls, type) and issubclass(cls, base)):
                     raise CachePluginError(
@@ -218,7 +218,7 @@ class PluginManager(pluggy.PluginManager):
         if inst is None:
             inst = cls()
             self._registries[key] = inst
-        return inst  # type: ignore[no-any-return]
+        return inst
 
 
 _manager: PluginManager | None = None
