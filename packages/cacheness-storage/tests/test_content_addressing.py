@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cacheness.storage import BlobStore
+from cacheness.storage import BlobStore, _store
+
+
+@pytest.fixture(autouse=True)
+def _values_in_blobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests damage or count blob files: keep every value in the blob backend
+    (values small enough for the metadata row are covered by test_inline.py)."""
+    monkeypatch.setattr(_store, "INLINE_MAX", 0)
 
 
 def test_identical_content_is_one_file(file_store: BlobStore, blob_files: Any) -> None:

@@ -20,10 +20,18 @@ from cacheness.storage import (
     CacheIntegrityError,
     CacheKeyError,
     CacheStorageError,
+    _store,
 )
 from cacheness.storage.backends import FilesystemBlobBackend
 
 # ----------------------------------------------------------------- disk full
+
+
+@pytest.fixture(autouse=True)
+def _values_in_blobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests damage or count blob files: keep every value in the blob backend
+    (values small enough for the metadata row are covered by test_inline.py)."""
+    monkeypatch.setattr(_store, "INLINE_MAX", 0)
 
 
 class DevFullBackend(FilesystemBlobBackend):

@@ -433,10 +433,10 @@ def test_bad_signature_kept_when_asked(tmp_path: Path) -> None:
 
 def test_corrupt_content_is_a_logged_miss(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with cacheness(cache_dir=tmp_path / "c", compression="none") as cache:
-        cache.put(b"A" * 1000, x=1)
+        cache.put(b"A" * 100_000, x=1)  # over the inline limit: a blob file to damage
         blobs = [p for p in (tmp_path / "c" / "blobs").rglob("*") if p.is_file()]
         assert len(blobs) == 1
-        blobs[0].write_bytes(b"B" * 1000)
+        blobs[0].write_bytes(b"B" * 100_000)
         with caplog.at_level(logging.WARNING, logger="cacheness"):
             assert cache.get(x=1) is None
         assert "could not be read" in caplog.text

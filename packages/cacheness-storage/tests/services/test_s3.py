@@ -19,12 +19,21 @@ from cacheness.storage import (
     CacheConfigError,
     CacheError,
     CacheIntegrityError,
+    _store,
 )
 from cacheness.storage.abc import BlobBackend
 from cacheness.storage.backends._s3 import S3BlobBackend
 from cacheness.storage.testing import BlobBackendTests
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _values_in_blobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests count and damage objects in the bucket: keep every value there
+    (values small enough for the metadata row are covered by test_inline.py)."""
+    monkeypatch.setattr(_store, "INLINE_MAX", 0)
+
 
 MACHINE = Path(__file__).with_name("_machine.py")
 PREFIX = "team/artifacts"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import random
 import subprocess
 import sys
 import uuid
@@ -12,9 +13,17 @@ from typing import Any
 
 import numpy as np
 import pytest
-from cacheness.storage import BlobStore
+from cacheness.storage import BlobStore, _store
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _values_in_blobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests count objects in the bucket: keep every value there (values
+    small enough for the metadata row are covered by test_inline.py)."""
+    monkeypatch.setattr(_store, "INLINE_MAX", 0)
+
 
 MACHINE = Path(__file__).with_name("_machine.py")
 PREFIX = "shared"
@@ -143,7 +152,8 @@ def test_concurrent_puts_of_the_same_content_keep_one_object(
     local_store: Any,
     object_names: Names,
 ) -> None:
-    contents = [bytes([i]) * 300_000 for i in range(5)]
+    # Incompressible, so each is a blob object rather than an inline value.
+    contents = [random.Random(i).randbytes(300_000) for i in range(5)]
     specs = [
         _spec(
             tmp_path,

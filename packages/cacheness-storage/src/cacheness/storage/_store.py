@@ -8,7 +8,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +20,7 @@ from cacheness.storage.abc import (
     BlobBackend,
     Buffer,
     BufferReader,
+    Codec,
     EntryRecord,
     MetadataBackend,
     TypeHandler,
@@ -40,6 +41,9 @@ __all__ = ["BlobStore", "VerifyReport"]
 logger = logging.getLogger(__name__)
 
 _SMALL_BLOB = 4 * 1024 * 1024
+#: Values at most this large once encoded live in the metadata row (when the
+#: backend supports it): a get is then one indexed lookup and no file open.
+INLINE_MAX = 16 * 1024
 _STREAM_CHUNK = 8 * 1024 * 1024
 # Temp files younger than this may belong to a put still in progress.
 _TEMP_GRACE_S = 3600.0
@@ -127,7 +131,10 @@ class BlobStore:
     under that folder. ``backend`` picks the metadata backend (``"sqlite"``,
     ``"json"``, ``"memory"``, a SQLAlchemy URL or an instance);
     ``blob_backend`` the blob backend (``"file"``, ``"memory"``, a URL such
-    as ``"s3://bucket/prefix"``, or an instance).
+    as ``"s3://bucket/prefix"``, or an instance). Values of at most
+    ``inline_max`` bytes once encoded (default 16 KiB; 0: none) are kept in
+    the metadata row rather than the blob backend, so reading them is one
+    indexed lookup; larger values are content-addressed blobs.
     """
 
     def __init__(
@@ -148,6 +155,7 @@ class BlobStore:
         blob_backend_options: Mapping[str, Any] | None = None,
         metadata_backend_options: Mapping[str, Any] | None = None,
         plugin_manager: PluginManager | None = None,
+        inline_max: int | None = None,
     ) -> None:
         self._pm = plugin_manager or get_plugin_manager()
         self.root = None if path is None else Path(path).absolute()
@@ -176,9 +184,30 @@ class BlobStore:
         except BaseException:
             self.metadata_backend.close()
             raise
+        # Small values go into the metadata row when the backend can keep them.
+        limit = INLINE_MAX if inline_max is None else inline_max
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            self.close()
+            raise CacheConfigError(f"inline_max must be an int >= 0, not {inline_max!r}")
+        self.inline_max = limit if self.metadata_backend.supports_inline else 0
+        self._handlers: dict[str, TypeHandler] = {}
+        self._codecs: dict[str, Codec] = {}
         self._closed = False
 
     # ------------------------------------------------------------ construction
+
+    def _handler_named(self, name: str) -> TypeHandler:
+        # Per-store cache: the plugin manager's lookup builds a key string per call.
+        handler = self._handlers.get(name)
+        if handler is None:
+            handler = self._handlers[name] = self._pm.handler(name)
+        return handler
+
+    def _codec_named(self, name: str) -> Codec:
+        codec = self._codecs.get(name)
+        if codec is None:
+            codec = self._codecs[name] = self._pm.codec(name)
+        return codec
 
     def _make_codec(self, name: str, level: int | None) -> Any:
         cls = self._pm.lookup("codecs", name)
@@ -282,6 +311,23 @@ class BlobStore:
     ) -> str:
         """Store ``data``; return its key (the content hash when none is given and the
         store is content-addressable, else a generated id)."""
+        return self.put_record(data, key, metadata).key
+
+    def put_record(
+        self,
+        data: Any,
+        key: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        within: Callable[[EntryRecord], None] | None = None,
+    ) -> EntryRecord:
+        """:meth:`put`, returning the committed :class:`EntryRecord`.
+
+        ``within(record)`` runs inside the metadata backend's write transaction
+        right after the entry is written, so a caller keeping its own rows in
+        the same database commits them atomically with the entry (an exception
+        from it rolls the entry back).
+        """
         self._check_open()
         if key is not None:
             _check_key(key)
@@ -291,22 +337,30 @@ class BlobStore:
         digest = split_hash(content_hash)[1]
         if key is None:
             key = digest if self.content_addressable else uuid.uuid4().hex
-        blob_key = digest if self.content_addressable else uuid.uuid4().hex
+        nbytes = ser.nbytes
+        inline: bytes | None = None
+        if nbytes <= self.inline_max:
+            chunks = ser.chunks
+            inline = bytes(chunks[0]) if len(chunks) == 1 else b"".join(chunks)
+            blob_key = ""
+        else:
+            blob_key = digest if self.content_addressable else uuid.uuid4().hex
         record = EntryRecord(
             key=key,
             blob_key=blob_key,
             data_type=ser.data_type or handler.name,
             handler=handler.name,
             codec=ser.codec,
-            size=ser.nbytes,
+            size=nbytes,
             content_hash=content_hash,
             created_at=datetime.now(UTC),
-            info=dict(ser.info),
+            info=dict(ser.info) if ser.info else {},
             metadata=user_meta,
+            inline=inline,
         )
-        self._commit(record, lambda: self.blob_backend.put(blob_key, ser.chunks))
-        logger.debug("put %r (%s, %d bytes)", key, handler.name, record.size)
-        return key
+        self._commit(record, lambda: self.blob_backend.put(blob_key, ser.chunks), within)
+        logger.debug("put %r (%s, %d bytes)", key, handler.name, nbytes)
+        return record
 
     def _blob_intact(self, blob_key: str, size: int) -> bool:
         """True when a blob of the expected size is stored (a cheap check before reusing it)."""
@@ -315,7 +369,12 @@ class BlobStore:
         except BlobNotFoundError:
             return False
 
-    def _commit(self, record: EntryRecord, write_blob: Any) -> None:
+    def _commit(
+        self,
+        record: EntryRecord,
+        write_blob: Any,
+        within: Callable[[EntryRecord], None] | None = None,
+    ) -> None:
         """Write the blob (unless deduplicated), commit the entry, then free what it replaced.
 
         The blob a replaced entry pointed at is deleted only after the new
@@ -326,6 +385,15 @@ class BlobStore:
         if self._signer is not None:
             record.signature = self._signer.sign(record)
         blobs, meta = self.blob_backend, self.metadata_backend
+        if record.inline is not None:
+            # The value is in the row: one transaction, nothing to write or free first.
+            with meta.write_lock():
+                old = meta.put(record)
+                if within is not None:
+                    within(record)
+            if old is not None and old.blob_key:
+                self._release(old.blob_key)
+            return
         wrote = False
         # Reusing stored content needs it to be whole: a blob truncated behind
         # our back is rewritten rather than shared.
@@ -340,15 +408,19 @@ class BlobStore:
                     _for_key(write_blob, record.key)
                     wrote = True
                 old = meta.put(record)
+                if within is not None:
+                    within(record)
         except BaseException:
             if wrote:
                 self._release_quietly(record.blob_key, record.key)
             raise
-        if old is not None and old.blob_key != record.blob_key:
+        if old is not None and old.blob_key and old.blob_key != record.blob_key:
             self._release(old.blob_key)
 
     def _release(self, blob_key: str) -> None:
         """Delete a blob when no entry points at it (in its own critical section)."""
+        if not blob_key:
+            return  # an inline entry: its value went with its row
         with self.metadata_backend.write_lock():
             if self.metadata_backend.count_refs(blob_key) == 0:
                 self.blob_backend.delete(blob_key)
@@ -555,6 +627,16 @@ class BlobStore:
         meta["signature_valid"] = signature_valid
         return value, meta
 
+    def get_record(
+        self, record: EntryRecord, default: Any = None, *, strict_verification: bool = True
+    ) -> Any:
+        """The value of ``record`` (from :meth:`put_record` or the metadata backend),
+        with every check :meth:`get` makes, without reading the metadata again;
+        ``default`` when the entry was deleted and its blob freed meanwhile."""
+        self._check_open()
+        loaded = self._load_current(record, strict_verification)
+        return default if loaded is None else loaded[0]
+
     def _load_current(
         self, record: EntryRecord, strict: bool
     ) -> tuple[Any, bool | None, EntryRecord] | None:
@@ -596,9 +678,9 @@ class BlobStore:
         return False
 
     def _load(self, record: EntryRecord, strict: bool) -> tuple[Any, bool | None]:
-        signature_valid = self._check_signature(record, strict)
-        handler = self._pm.handler(record.handler)
-        codec = self._pm.codec(record.codec)
+        signature_valid = self._check_signature(record, strict) if self._signer else None
+        handler = self._handler_named(record.handler)
+        codec = self._codec_named(record.codec)
         if handler.name == "dill" and not self.allow_dill:
             raise CacheIntegrityError(
                 f"entry {record.key!r} was stored with dill, which this store does not load "
@@ -610,6 +692,13 @@ class BlobStore:
         # a code-running handler sees are always checked when signing is on.
         verify = self.verify_on_read or (not handler.safe and self._signer is not None)
         try:
+            inline = record.inline
+            if inline is not None:
+                if verify:
+                    self._check_hash(record, hash_chunks((inline,), algorithm))
+                else:
+                    self._check_size(record, len(inline))
+                return handler.load(BufferReader(inline), record.info, codec), signature_valid  # type: ignore[arg-type]
             if record.size <= _SMALL_BLOB or not handler.safe:
                 # Whole blob first: code-running handlers must never see bytes
                 # whose hash has not been checked.
@@ -695,8 +784,23 @@ class BlobStore:
         record = self.metadata_backend.get(key)
         if record is None:
             raise CacheKeyError(f"no entry {key!r}", key=key)
+        if record.handler != "bytes":
+            raise CacheSerializationError(
+                f"entry {key!r} holds a {record.data_type} stored by handler {record.handler!r}; "
+                "open() streams entries stored with put_file() or as bytes. Use get() to load it",
+                key=key,
+            )
         while True:
             self._check_signature(record, True)
+            if record.inline is not None:
+                data = record.inline
+                if self.verify_on_read:
+                    self._check_hash(
+                        record, hash_chunks((data,), split_hash(record.content_hash)[0])
+                    )
+                else:
+                    self._check_size(record, len(data))
+                return io.BytesIO(self._codec_named(record.codec).decode(data))
             try:
                 raw = self.blob_backend.open_read(record.blob_key)
                 break
@@ -738,6 +842,10 @@ class BlobStore:
             problem: list[str] | None = None
             if self._signer is not None and not self._signer.verify(record):
                 problem = report.bad_signature
+            elif record.inline is not None:
+                algorithm = split_hash(record.content_hash)[0]
+                if hash_chunks((record.inline,), algorithm) != record.content_hash:
+                    problem = report.corrupt
             else:
                 try:
                     with self.blob_backend.open_read(record.blob_key) as raw:

@@ -163,6 +163,10 @@ class EntryRecord:
     ``blob_key`` names the blob in the blob backend (the content hash when the
     store is content-addressable). ``info`` is what the handler needs to load
     the value (dtype, shape, ...); ``metadata`` is the user's JSON-able dict.
+
+    ``inline`` holds the stored bytes themselves for small values kept in the
+    metadata row (then ``blob_key`` is ``""``: no blob exists). Only backends
+    with ``supports_inline = True`` receive such records.
     """
 
     key: str
@@ -176,6 +180,7 @@ class EntryRecord:
     info: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
     signature: str | None = None
+    inline: bytes | None = None
 
 
 class MetadataBackend(ABC):
@@ -190,6 +195,9 @@ class MetadataBackend(ABC):
 
     name: ClassVar[str] = ""
     schemes: ClassVar[tuple[str, ...]] = ()
+    #: True when the backend stores ``EntryRecord.inline``: the store then keeps
+    #: small values in the row instead of the blob backend (one lookup per get).
+    supports_inline: ClassVar[bool] = False
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> MetadataBackend:

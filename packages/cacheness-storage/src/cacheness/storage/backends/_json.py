@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import os
@@ -32,6 +33,7 @@ class JsonMetadataBackend(MetadataBackend):
 
     name: ClassVar[str] = "json"
     schemes: ClassVar[tuple[str, ...]] = ("json",)
+    supports_inline: ClassVar[bool] = True
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path).absolute()
@@ -66,7 +68,7 @@ class JsonMetadataBackend(MetadataBackend):
                 with open(self.path, encoding="utf-8") as f:
                     doc = json.load(f)
                 rows = doc["entries"]
-                self._entries = {row[0]: row_to_record(row) for row in rows}
+                self._entries = {row[0]: _from_json_row(row) for row in rows}
             except FileNotFoundError:
                 self._entries = {}
             except (ValueError, KeyError, TypeError, IndexError) as exc:
@@ -81,7 +83,7 @@ class JsonMetadataBackend(MetadataBackend):
         doc = {
             "format": _FORMAT,
             "columns": COLUMNS,
-            "entries": [record_to_row(r) for r in self._entries.values()],
+            "entries": [_to_json_row(r) for r in self._entries.values()],
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name + ".", suffix=".tmp")
@@ -180,6 +182,20 @@ class JsonMetadataBackend(MetadataBackend):
         with self._thread_lock:
             self._refresh()
             return iter([row_to_record(record_to_row(r)) for r in self._entries.values()])
+
+
+def _to_json_row(record: EntryRecord) -> list[Any]:
+    row = list(record_to_row(record))
+    if row[-1] is not None:  # inline bytes travel as base64 text
+        row[-1] = base64.b64encode(row[-1]).decode("ascii")
+    return row
+
+
+def _from_json_row(row: list[Any]) -> EntryRecord:
+    record = row_to_record(row)
+    if record.inline is not None:
+        record.inline = base64.b64decode(record.inline, validate=True)
+    return record
 
 
 def _unlink_quiet(path: str) -> None:

@@ -67,6 +67,7 @@ class MemoryMetadataBackend(MetadataBackend):
 
     name: ClassVar[str] = "memory"
     schemes: ClassVar[tuple[str, ...]] = ("memory",)
+    supports_inline: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self._entries: dict[str, EntryRecord] = {}

@@ -22,6 +22,7 @@ COLUMNS = (
     "info",
     "metadata",
     "signature",
+    "inline_value",
 )
 
 
@@ -77,6 +78,7 @@ def record_to_row(r: EntryRecord) -> tuple[Any, ...]:
         dumps_json(r.info),
         dumps_json(r.metadata),
         r.signature,
+        r.inline,
     )
 
 
@@ -94,6 +96,8 @@ def row_to_record(row: Any) -> EntryRecord:
         loads_json(row[8]),
         loads_json(row[9]),
         row[10],
+        # Rows written before inline values existed have no such column.
+        row[11] if len(row) > 11 else None,
     )
 
 

@@ -25,7 +25,7 @@ _PG_SETUP_LOCK = 0x63616368
 
 
 def _tables(metadata: Any) -> tuple[Table, Table]:
-    from sqlalchemy import BigInteger, Column, Integer, String, Table, Text
+    from sqlalchemy import BigInteger, Column, Integer, LargeBinary, String, Table, Text
 
     entries = Table(
         "cacheness_entries",
@@ -42,11 +42,19 @@ def _tables(metadata: Any) -> tuple[Table, Table]:
         Column("info", Text, nullable=False),
         Column("metadata", Text, nullable=False),
         Column("signature", String(200)),
+        Column("inline_value", LargeBinary, nullable=True),
     )
     lock = Table(
         "cacheness_lock", metadata, Column("id", Integer, primary_key=True), Column("n", BigInteger)
     )
     return entries, lock
+
+
+def _record(row: Any) -> EntryRecord:
+    record = row_to_record(row)
+    if record.inline is not None and type(record.inline) is not bytes:
+        record.inline = bytes(record.inline)  # some drivers hand out memoryview
+    return record
 
 
 class SqlAlchemyMetadataBackend(MetadataBackend):
@@ -58,6 +66,7 @@ class SqlAlchemyMetadataBackend(MetadataBackend):
     """
 
     name: ClassVar[str] = "sqlalchemy"
+    supports_inline: ClassVar[bool] = True
     schemes: ClassVar[tuple[str, ...]] = (
         "postgresql",
         "mysql",
@@ -111,6 +120,7 @@ class SqlAlchemyMetadataBackend(MetadataBackend):
                             sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_SETUP_LOCK}
                         )
                     self._md.create_all(conn)
+                    self._add_inline_column(conn)
                 break
             except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError):
                 # Another process created the same tables between our check and
@@ -126,6 +136,14 @@ class SqlAlchemyMetadataBackend(MetadataBackend):
                     conn.execute(t.insert().values(id=1, n=0))
         except sa.exc.IntegrityError:
             pass  # another process inserted it first: it exists, which is all we need
+
+    def _add_inline_column(self, conn: Connection) -> None:
+        """Give a table made before inline values existed their column."""
+        sa = self._sa
+        cols = {c["name"] for c in sa.inspect(conn).get_columns(self.entries.name)}
+        if "inline_value" not in cols:
+            kind = self.entries.c.inline_value.type.compile(dialect=conn.dialect)
+            conn.execute(sa.text(f"ALTER TABLE {self.entries.name} ADD COLUMN inline_value {kind}"))
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SqlAlchemyMetadataBackend:
@@ -179,7 +197,7 @@ class SqlAlchemyMetadataBackend(MetadataBackend):
     def get(self, key: str) -> EntryRecord | None:
         with self._begin() as conn:
             row = self._row(conn, key)
-        return None if row is None else row_to_record(row)
+        return None if row is None else _record(row)
 
     def put(self, record: EntryRecord) -> EntryRecord | None:
         values = dict(zip(COLUMNS, record_to_row(record), strict=True))
@@ -191,14 +209,14 @@ class SqlAlchemyMetadataBackend(MetadataBackend):
                 conn.execute(
                     self.entries.update().where(self.entries.c.key == record.key).values(**values)
                 )
-        return None if row is None else row_to_record(row)
+        return None if row is None else _record(row)
 
     def delete(self, key: str) -> EntryRecord | None:
         with self._locked() as conn:
             row = self._row(conn, key)
             if row is not None:
                 conn.execute(self.entries.delete().where(self.entries.c.key == key))
-        return None if row is None else row_to_record(row)
+        return None if row is None else _record(row)
 
     def list_keys(
         self, prefix: str | None = None, metadata_filter: Mapping[str, Any] | None = None
@@ -231,7 +249,7 @@ class SqlAlchemyMetadataBackend(MetadataBackend):
         e = self.entries
         with self._begin() as conn:
             rows = conn.execute(self._sa.select(*[e.c[c] for c in COLUMNS]).order_by(e.c.key)).all()
-        return (row_to_record(r) for r in rows)
+        return (_record(r) for r in rows)
 
     def close(self) -> None:
         if self._owns_engine:

@@ -26,6 +26,7 @@ __all__ = ["SqliteMetadataBackend"]
 logger = logging.getLogger(__name__)
 
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM entries"
+_SELECT_KEY = _SELECT + " WHERE key = ?"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     key TEXT PRIMARY KEY NOT NULL,
@@ -38,7 +39,8 @@ CREATE TABLE IF NOT EXISTS entries (
     created_us INTEGER NOT NULL,
     info TEXT NOT NULL,
     metadata TEXT NOT NULL,
-    signature TEXT
+    signature TEXT,
+    inline_value BLOB
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS entries_blob_key ON entries (blob_key);
 """
@@ -59,6 +61,7 @@ class SqliteMetadataBackend(MetadataBackend):
 
     name: ClassVar[str] = "sqlite"
     schemes: ClassVar[tuple[str, ...]] = ("sqlite",)
+    supports_inline: ClassVar[bool] = True
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path).absolute()
@@ -70,7 +73,9 @@ class SqliteMetadataBackend(MetadataBackend):
         self._closed = False
         self._pid = os.getpid()
         try:
-            self._conn().executescript(_SCHEMA)
+            conn = self._conn()
+            conn.executescript(_SCHEMA)
+            _add_inline_column(conn)
         except sqlite3.Error as exc:
             raise CacheBackendError(
                 f"cannot create tables in {self.path}: {exc}", backend=self.name
@@ -182,13 +187,13 @@ class SqliteMetadataBackend(MetadataBackend):
     # --------------------------------------------------------------- queries
 
     def get(self, key: str) -> EntryRecord | None:
-        row = self._execute(_SELECT + " WHERE key = ?", (key,)).fetchone()
+        row = self._execute(_SELECT_KEY, (key,)).fetchone()
         return None if row is None else row_to_record(row)
 
     def put(self, record: EntryRecord) -> EntryRecord | None:
         try:
             with self._transaction() as conn:
-                row = conn.execute(_SELECT + " WHERE key = ?", (record.key,)).fetchone()
+                row = conn.execute(_SELECT_KEY, (record.key,)).fetchone()
                 conn.execute(
                     f"INSERT OR REPLACE INTO entries ({', '.join(COLUMNS)}) "
                     f"VALUES ({', '.join('?' * len(COLUMNS))})",
@@ -203,7 +208,7 @@ class SqliteMetadataBackend(MetadataBackend):
     def delete(self, key: str) -> EntryRecord | None:
         try:
             with self._transaction() as conn:
-                row = conn.execute(_SELECT + " WHERE key = ?", (key,)).fetchone()
+                row = conn.execute(_SELECT_KEY, (key,)).fetchone()
                 if row is not None:
                     conn.execute("DELETE FROM entries WHERE key = ?", (key,))
         except sqlite3.Error as exc:
@@ -269,6 +274,18 @@ class SqliteMetadataBackend(MetadataBackend):
         for _thread, conn in conns:
             conn.close()
         self._local = threading.local()
+
+
+def _add_inline_column(conn: sqlite3.Connection) -> None:
+    """Give a database made before inline values existed their column."""
+    cols = {r[1] for r in conn.execute("PRAGMA table_info(entries)")}
+    if "inline_value" in cols:
+        return
+    try:
+        conn.execute("ALTER TABLE entries ADD COLUMN inline_value BLOB")
+    except sqlite3.OperationalError as exc:
+        if "duplicate column" not in str(exc):  # another process added it first
+            raise
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
