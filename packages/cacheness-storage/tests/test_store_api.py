@@ -108,7 +108,7 @@ def test_list_prefix_and_metadata_filter(store: BlobStore) -> None:
 
 def test_get_metadata_system_fields(store: BlobStore) -> None:
     before = datetime.now(UTC)
-    store.put({"payload": "x" * 1000}, key="k", metadata={"owner": "ana"})
+    store.put({"payload": "x" * 5000}, key="k", metadata={"owner": "ana"})
     meta = store.get_metadata("k")
     assert meta is not None
     assert meta["key"] == "k"

@@ -396,12 +396,12 @@ def test_default_directory_from_environment(
     monkeypatch.setenv("CACHENESS_DIR", str(tmp_path / "envdir"))
     with cacheness() as cache:
         cache.put(1, x=1)
-    assert (tmp_path / "envdir" / "cache_index.sqlite").is_file()
+    assert (tmp_path / "envdir" / "metadata.sqlite").is_file()
     monkeypatch.delenv("CACHENESS_DIR")
     monkeypatch.chdir(tmp_path)
     with cacheness() as cache:
         cache.put(1, x=1)
-    assert (tmp_path / ".cacheness" / "cache_index.sqlite").is_file()
+    assert (tmp_path / ".cacheness" / "metadata.sqlite").is_file()
 
 
 # ---------------------------------------------------------------- signing

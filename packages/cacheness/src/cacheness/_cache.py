@@ -2,15 +2,19 @@
 
 Layout of a cache directory::
 
-    metadata.sqlite | metadata.json   the BlobStore's metadata (one entry per put)
-    blobs/ tmp/                       the BlobStore's content (deduplicated)
-    cache_index.sqlite | .json        the cache index (see ``_index``)
+    metadata.sqlite                   the BlobStore's metadata (one entry per put, small
+                                      values inline) and the cache index tables (see ``_index``)
+    metadata.json, cache_index.json   the same with metadata_backend="json"
+    blobs/ tmp/                       the BlobStore's content (deduplicated, values > 16 KiB)
     cache_generation                  8 bytes, memory-mapped: the write counter
 
 A put stores the value in the BlobStore under a fresh store key
-(``<cache key>#<random>``), then commits the index row pointing at it, and
-only then deletes the value it replaced and any eviction victims. A get is
-one indexed lookup in the index plus one ``BlobStore.get``.
+(``<cache key>#<random>``) and commits the index row pointing at it (on
+SQLite in the same transaction as the store entry), and only then deletes
+the value it replaced and any eviction victims. On SQLite a get of a small
+value is one indexed query (index row joined to the store entry); elsewhere
+one lookup in the index plus one ``BlobStore.get``. A directory made before
+the index moved into metadata.sqlite keeps its ``cache_index.sqlite``.
 
 Access times and hit counts are not written on every get: they wait in
 memory and are written in one transaction every ``access_flush_seconds``
@@ -34,9 +38,20 @@ from typing import Any, Final
 
 from cacheness._config import DEFAULT_MAX_CACHE_SIZE_MB, CacheConfig
 from cacheness._custom_metadata import CustomMetadataMixin
-from cacheness._index import CacheIndex, Generation, IndexRow, Limits, Pending, filter_matches
+from cacheness._index import (
+    CacheIndex,
+    Generation,
+    IndexRow,
+    Limits,
+    Pending,
+    PutResult,
+    SharedSqliteIndex,
+    filter_matches,
+)
 from cacheness._keys import make_key, render_params
 from cacheness.storage import BlobStore
+from cacheness.storage.abc import EntryRecord
+from cacheness.storage.backends._rows import load_record
 from cacheness.storage.errors import (
     CacheConfigError,
     CacheError,
@@ -156,6 +171,9 @@ class UnifiedCache(CustomMetadataMixin):
             self._store.close()
             raise
         self._gen = self._index.generation
+        # One query per get (index row joined to the store entry) needs the store's
+        # columns a load reads; a signed store verifies the whole record instead.
+        self._joined = isinstance(self._index, SharedSqliteIndex) and self._store._signer is None
         self._limits = Limits(config.max_entries, config.max_bytes, config.eviction_policy)
         self._tier = (
             _MemoryTier(config.memory_cache_entries) if config.memory_cache_entries else None
@@ -184,12 +202,18 @@ class UnifiedCache(CustomMetadataMixin):
                 root / "cache_index.json", Generation(root / "cache_generation"), policy
             )
         from cacheness._index import SqliteIndex
+        from cacheness.storage.backends import SqliteMetadataBackend
 
         if self.config.metadata_backend == "memory":
             return SqliteIndex(None, Generation(None), policy)
-        return SqliteIndex(
-            root / "cache_index.sqlite", Generation(root / "cache_generation"), policy
-        )
+        meta = self._store.metadata_backend
+        legacy = root / "cache_index.sqlite"
+        if isinstance(meta, SqliteMetadataBackend) and not legacy.exists():
+            # The index tables live in the store's own file: one transaction per
+            # put, one query per small get.
+            return SharedSqliteIndex(meta, Generation(root / "cache_generation"), policy)
+        # A cache made before the index moved into metadata.sqlite keeps its own file.
+        return SqliteIndex(legacy, Generation(root / "cache_generation"), policy)
 
     # ------------------------------------------------------------------ keys
 
@@ -312,6 +336,8 @@ class UnifiedCache(CustomMetadataMixin):
             if value is not _MISS:
                 return value
             gen = self._gen.read()
+        if self._joined:
+            return self._get_joined(key, now, default, strict_verification)
         found = self._index.lookup(key)
         if found is None:
             self._miss()
@@ -321,6 +347,38 @@ class UnifiedCache(CustomMetadataMixin):
             self._expire(key, store_key)
             return default
         value = self._load(key, store_key, strict_verification)
+        if value is _MISS:
+            self._miss()
+            return default
+        if self._tier is not None:
+            self._tier.put(key, value, store_key, expires, gen)
+        self._hit(key, now)
+        return value
+
+    def _get_joined(self, key: str, now: float, default: Any, strict: bool) -> Any:
+        """``get`` with the index row and the store entry read in one query."""
+        if self._tier is not None:
+            gen = self._gen.read()  # before the read: a later write makes the tier re-check
+        index: Any = self._index
+        r = index.lookup_entry(key)
+        if r is None:
+            self._miss()
+            return default
+        store_key, expires = r[0], r[1]
+        if expires is not None and expires <= now:
+            self._expire(key, store_key)
+            return default
+        if r[2] is None:
+            value = _MISS  # the store entry is gone: see _load
+            self._index.remove(key, store_key)
+        else:
+            try:
+                value = self._store.get_record(
+                    load_record(store_key, r[2:]), _MISS, strict_verification=strict
+                )
+            except CacheIntegrityError as exc:
+                self._bad_entry(key, store_key, exc)
+                value = _MISS
         if value is _MISS:
             self._miss()
             return default
@@ -516,12 +574,9 @@ class UnifiedCache(CustomMetadataMixin):
             raise CacheConfigError(f"description must be a str, not {type(description).__name__}")
         rendered = render_params(params) if params else None
         store_key = self._new_store_key(key)
-        self._store.put(data, key=store_key, metadata=metadata)
-        try:
-            # The record, not get_metadata(): no signature check or dict building here.
-            record = self._store.metadata_backend.get(store_key)
-            if record is None:
-                raise CacheError(f"the value for {key!r} vanished while it was stored", key=key)
+        done: list[tuple[IndexRow, PutResult]] = []
+
+        def index_put(record: EntryRecord) -> None:
             now = self._clock()
             row = IndexRow(
                 key=key,
@@ -535,14 +590,24 @@ class UnifiedCache(CustomMetadataMixin):
                 key_params=rendered,
                 description=description,
                 metadata=record.metadata,
+                inline=record.inline is not None,
             )
             if custom is None:
-                result = self._index.put(row, self._limits, self._take_pending())
+                done.append((row, self._index.put(row, self._limits, self._take_pending())))
             else:
-                result = self._put_with_custom(row, custom)
-        except BaseException:
-            self._store.delete(store_key)
-            raise
+                done.append((row, self._put_with_custom(row, custom)))
+
+        if isinstance(self._index, SharedSqliteIndex):
+            # Store entry and index row in one transaction: both or neither.
+            self._store.put_record(data, key=store_key, metadata=metadata, within=index_put)
+        else:
+            record = self._store.put_record(data, key=store_key, metadata=metadata)
+            try:
+                index_put(record)
+            except BaseException:
+                self._store.delete(store_key)
+                raise
+        row, result = done[0]
         if self._tier is not None:
             self._tier.pop(key)
         for old in ([result.replaced] if result.replaced else []) + result.victims:

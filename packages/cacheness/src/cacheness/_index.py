@@ -30,9 +30,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from cacheness.storage.errors import CacheBackendError
+
+if TYPE_CHECKING:
+    from cacheness.storage.backends import SqliteMetadataBackend
 
 __all__ = [
     "POLICY_ORDER",
@@ -41,6 +44,7 @@ __all__ = [
     "IndexRow",
     "Limits",
     "PutResult",
+    "SharedSqliteIndex",
     "SqliteIndex",
 ]
 
@@ -69,6 +73,8 @@ class IndexRow:
     key_params: dict[str, Any] | None
     description: str | None
     metadata: dict[str, Any]
+    #: The value lives in the store's metadata row (not shared with other entries).
+    inline: bool = False
 
 
 @dataclasses.dataclass(slots=True)
@@ -295,6 +301,7 @@ class SqliteIndex(CacheIndex):
             if self.path is not None:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA mmap_size=67108864")  # commits ~7 µs cheaper
             # Every statement is idempotent, so processes opening one file at once agree.
             conn.executescript(_SCHEMA)
             cols = ", ".join(POLICY_ORDER[self._policy])
@@ -423,8 +430,10 @@ class SqliteIndex(CacheIndex):
         ).fetchone()
         return int(size) if refs == 1 else 0
 
-    def _drop_content(self, conn: sqlite3.Connection, content_hash: str) -> int:
+    def _drop_content(self, conn: sqlite3.Connection, content_hash: str, size: int) -> int:
         """Unreference ``content_hash``; the bytes this frees (0 while still shared)."""
+        if not content_hash:
+            return int(size)  # an inline value: counted on its own, never shared
         r = conn.execute(
             "UPDATE cache_contents SET refs = refs - 1 WHERE content_hash = ? RETURNING refs, size",
             (content_hash,),
@@ -468,20 +477,26 @@ class SqliteIndex(CacheIndex):
         with self._txn() as conn:
             self._flush(conn, pending)
             old = conn.execute(
-                "SELECT store_key, content_hash FROM cache_entries WHERE key = ?", (row.key,)
+                "SELECT store_key, content_hash, size FROM cache_entries WHERE key = ?", (row.key,)
             ).fetchone()
             d_entries, d_size = 1, 0
             if old is not None:
                 d_entries = 0
-                d_size -= self._drop_content(conn, old[1])
-            d_size += self._add_content(conn, row.content_hash, row.size)
+                d_size -= self._drop_content(conn, old[1], old[2])
+            if row.inline:
+                # The store keeps inline values per entry (no sharing): count each alone.
+                content_hash = ""
+                d_size += row.size
+            else:
+                content_hash = row.content_hash
+                d_size += self._add_content(conn, content_hash, row.size)
             conn.execute(
                 f"INSERT OR REPLACE INTO cache_entries ({_ROW_COLS}) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     row.key,
                     row.store_key,
-                    row.content_hash,
+                    content_hash,
                     row.size,
                     row.created,
                     row.accessed,
@@ -513,7 +528,7 @@ class SqliteIndex(CacheIndex):
         evicted = freed_total = 0
         # Each batch is an indexed range scan from the policy's first victim.
         select = (
-            f"SELECT key, store_key, content_hash FROM cache_entries WHERE key != ? "
+            f"SELECT key, store_key, content_hash, size FROM cache_entries WHERE key != ? "
             f"ORDER BY {self._order} LIMIT ?"
         )
         while over_n > 0 or over_b > 0:
@@ -521,11 +536,11 @@ class SqliteIndex(CacheIndex):
             if not batch:
                 result.oversized = over_b > 0
                 break
-            for key, store_key, content_hash in batch:
+            for key, store_key, content_hash, size in batch:
                 if over_n <= 0 and over_b <= 0:
                     break
                 conn.execute("DELETE FROM cache_entries WHERE key = ?", (key,))
-                freed = self._drop_content(conn, content_hash)
+                freed = self._drop_content(conn, content_hash, size)
                 over_n -= 1
                 over_b -= freed
                 evicted += 1
@@ -543,12 +558,12 @@ class SqliteIndex(CacheIndex):
     ) -> str | None:
         with self._txn() as conn:
             old = conn.execute(
-                "SELECT store_key, content_hash FROM cache_entries WHERE key = ?", (key,)
+                "SELECT store_key, content_hash, size FROM cache_entries WHERE key = ?", (key,)
             ).fetchone()
             if old is None:
                 return None
             d_size = self._add_content(conn, content_hash, size)
-            d_size -= self._drop_content(conn, old[1])
+            d_size -= self._drop_content(conn, old[1], old[2])
             conn.execute(
                 "UPDATE cache_entries SET store_key = ?, content_hash = ?, size = ?, "
                 "accessed = ? WHERE key = ?",
@@ -562,12 +577,12 @@ class SqliteIndex(CacheIndex):
     ) -> str | None:
         with self._txn() as conn:
             old = conn.execute(
-                "SELECT store_key, content_hash FROM cache_entries WHERE key = ?", (key,)
+                "SELECT store_key, content_hash, size FROM cache_entries WHERE key = ?", (key,)
             ).fetchone()
             if old is None or (store_key is not None and old[0] != store_key):
                 return None
             conn.execute("DELETE FROM cache_entries WHERE key = ?", (key,))
-            freed = self._drop_content(conn, old[1])
+            freed = self._drop_content(conn, old[1], old[2])
             self._bump(conn, -1, -freed)
             if counter is not None:
                 assert counter in ("expired", "evictions")
@@ -587,14 +602,14 @@ class SqliteIndex(CacheIndex):
     def sweep_expired(self, now: float) -> list[str]:
         with self._txn() as conn:
             found = conn.execute(
-                "SELECT key, store_key, content_hash FROM cache_entries "
+                "SELECT key, store_key, content_hash, size FROM cache_entries "
                 "WHERE expires IS NOT NULL AND expires <= ?",
                 (now,),
             ).fetchall()
             freed = 0
-            for key, _, content_hash in found:
+            for key, _, content_hash, size in found:
                 conn.execute("DELETE FROM cache_entries WHERE key = ?", (key,))
-                freed += self._drop_content(conn, content_hash)
+                freed += self._drop_content(conn, content_hash, size)
             if found:
                 conn.execute(
                     "UPDATE cache_state SET expired = expired + ? WHERE id = 1", (len(found),)
@@ -607,18 +622,18 @@ class SqliteIndex(CacheIndex):
             if prefix:
                 lo, hi = _prefix_bounds(prefix)
                 found = conn.execute(
-                    "SELECT key, store_key, content_hash FROM cache_entries "
+                    "SELECT key, store_key, content_hash, size FROM cache_entries "
                     "WHERE key >= ? AND key < ?",
                     (lo, hi),
                 ).fetchall()
                 freed = 0
-                for key, _, content_hash in found:
+                for key, _, content_hash, size in found:
                     conn.execute("DELETE FROM cache_entries WHERE key = ?", (key,))
-                    freed += self._drop_content(conn, content_hash)
+                    freed += self._drop_content(conn, content_hash, size)
                 self._bump(conn, -len(found), -freed)
             else:
                 found = conn.execute(
-                    "SELECT key, store_key, content_hash FROM cache_entries"
+                    "SELECT key, store_key, content_hash, size FROM cache_entries"
                 ).fetchall()
                 conn.execute("DELETE FROM cache_entries")
                 conn.execute("DELETE FROM cache_contents")
@@ -655,6 +670,87 @@ class SqliteIndex(CacheIndex):
             if self._pid == os.getpid():
                 self._conn.close()
         super().close()
+
+
+# The index row and the store entry it names, in one query: all a small get reads.
+_JOINED = (
+    "SELECT c.store_key, c.expires, e.blob_key, e.data_type, e.handler, e.codec, e.size, "
+    "e.content_hash, e.info, e.inline_value FROM cache_entries c "
+    "LEFT JOIN entries e ON e.key = c.store_key WHERE c.key = ?"
+)
+
+
+class SharedSqliteIndex(SqliteIndex):
+    """The index tables inside the BlobStore's own SQLite file, on its connections.
+
+    A put then commits the store entry and the index row in one transaction
+    (the store's ``write_lock``, which nests), and a get of a small value reads
+    both in one indexed query (:meth:`lookup_entry`).
+    """
+
+    def __init__(self, backend: SqliteMetadataBackend, generation: Generation, policy: str) -> None:
+        CacheIndex.__init__(self, generation)
+        self.path = backend.path
+        self._backend = backend
+        self._policy = policy
+        self._order = ", ".join(POLICY_ORDER[policy])
+        self._closed = False
+        self._pid = os.getpid()
+        self._lock = threading.RLock()  # unused: connections are per thread
+        with self._guard():
+            conn = backend._conn()
+            conn.executescript(_SCHEMA)
+            cols = ", ".join(POLICY_ORDER[policy])
+            conn.execute(
+                f"CREATE INDEX IF NOT EXISTS cache_entries_{policy} ON cache_entries ({cols})"
+            )
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise CacheBackendError(f"cache index {self.path}: {exc}", backend=self.name) from exc
+
+    def _check(self) -> sqlite3.Connection:
+        if self._closed:
+            raise CacheBackendError("the cache index is closed", backend=self.name)
+        return self._backend._conn()
+
+    @contextmanager
+    def _txn(self) -> Iterator[sqlite3.Connection]:
+        self._check()
+        with self._guard(), self._backend.write_lock() as conn:
+            yield conn
+
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        with self._guard():
+            return self._check().execute(sql, params).fetchall()
+
+    def lookup(self, key: str) -> tuple[str, float | None] | None:
+        with self._guard():
+            r = (
+                self._check()
+                .execute("SELECT store_key, expires FROM cache_entries WHERE key = ?", (key,))
+                .fetchone()
+            )
+        return None if r is None else (r[0], r[1])
+
+    def lookup_entry(self, key: str) -> Any:
+        """``(store_key, expires, blob_key, data_type, handler, codec, size, content_hash,
+        info, inline)`` of ``key`` (the store's columns None when its entry is gone),
+        or None."""
+        if self._closed:
+            self._check()
+        try:
+            return self._backend._conn().execute(_JOINED, (key,)).fetchone()
+        except sqlite3.Error as exc:
+            raise CacheBackendError(f"cache index: {exc}", key=key, backend=self.name) from exc
+
+    def close(self) -> None:
+        # The connections are the store's: it closes them.
+        self._closed = True
+        self.generation.close()
 
 
 def filter_matches(row: IndexRow, filters: Mapping[str, Any]) -> bool:

@@ -100,7 +100,7 @@ def test_own_cache_is_closed_at_interpreter_exit(tmp_path: Path) -> None:
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert not (tmp_path / "c" / "cache_index.sqlite-wal").exists()
+    assert not (tmp_path / "c" / "metadata.sqlite-wal").exists()
     with cacheness(cache_dir=tmp_path / "c") as cache:
         s = cache.stats()
         assert (s["hits"], s["misses"], s["entries"]) == (2, 1, 1)

@@ -602,9 +602,12 @@ class BlobStore:
         missing, or the signature is bad (unless ``strict_verification=False``
         and signatures are not required: then the value comes back with a WARNING).
         """
-        self._check_open()
+        if self._closed:
+            self._check_open()
         _check_key(key)
-        record = self.metadata_backend.get(key)
+        meta = self.metadata_backend
+        # A signature covers every field: only unsigned stores can read fewer columns.
+        record = meta.get(key) if self._signer is not None else meta.get_for_load(key)
         if record is None:
             return default
         loaded = self._load_current(record, strict_verification)
@@ -698,7 +701,7 @@ class BlobStore:
                     self._check_hash(record, hash_chunks((inline,), algorithm))
                 else:
                     self._check_size(record, len(inline))
-                return handler.load(BufferReader(inline), record.info, codec), signature_valid  # type: ignore[arg-type]
+                return handler.load_bytes(inline, record.info, codec), signature_valid
             if record.size <= _SMALL_BLOB or not handler.safe:
                 # Whole blob first: code-running handlers must never see bytes
                 # whose hash has not been checked.

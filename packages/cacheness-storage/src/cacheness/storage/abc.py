@@ -206,6 +206,13 @@ class MetadataBackend(ABC):
     @abstractmethod
     def get(self, key: str) -> EntryRecord | None: ...
 
+    def get_for_load(self, key: str) -> EntryRecord | None:
+        """``get`` for loading a value: the fields a load reads (``key``, ``blob_key``,
+        ``data_type``, ``handler``, ``codec``, ``size``, ``content_hash``, ``info``,
+        ``inline``) must be right; the others may be placeholders. Backends override
+        it when reading fewer columns is cheaper (the small ``get`` is the hot path)."""
+        return self.get(key)
+
     @abstractmethod
     def put(self, record: EntryRecord) -> EntryRecord | None:
         """Insert or replace; return the record it replaced, if any."""
@@ -277,11 +284,14 @@ class Codec(ABC):
 
 #: Below this many bytes, compressing costs more than it saves.
 MIN_COMPRESS = 256
+#: Whole values below this many bytes are stored raw: decoding a compressed
+#: frame (~1 µs for lz4) is a large share of a small get, for a few hundred bytes saved.
+MIN_COMPRESS_VALUE = 2048
 
 
 def encode_if_smaller(codec: Codec, data: Buffer) -> tuple[Buffer, str]:
     """``(encoded, label)``, or ``(data, "none")`` when compressing does not pay."""
-    if codec.name == "none" or memoryview(data).nbytes < MIN_COMPRESS:
+    if codec.name == "none" or memoryview(data).nbytes < MIN_COMPRESS_VALUE:
         return data, "none"
     encoded = codec.encode(data)
     # Keep the compressed form only when it saves at least ~3%.
@@ -382,6 +392,11 @@ class TypeHandler(ABC):
     def load(self, reader: BinaryIO, info: Mapping[str, Any], codec: Codec) -> Any:
         """Read the whole blob from ``reader`` and rebuild the value."""
         return self.loads(codec.decode(reader.read()))
+
+    def load_bytes(self, data: bytes, info: Mapping[str, Any], codec: Codec) -> Any:
+        """Rebuild the value from the whole stored blob, already in memory and checked
+        (small values kept in the metadata row). Override to skip the reader."""
+        return self.load(BufferReader(data), info, codec)  # type: ignore[arg-type]
 
 
 def _type_name(obj: object) -> str:

@@ -101,6 +101,25 @@ def row_to_record(row: Any) -> EntryRecord:
     )
 
 
+def load_record(key: str, row: Any) -> EntryRecord:
+    """A record from the columns of ``LOAD_COLUMNS`` (in that order), for loading only:
+    ``created_at``, ``metadata`` and ``signature`` are placeholders."""
+    return EntryRecord(
+        key,
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        EPOCH,
+        loads_json(row[6]),
+        {},
+        None,
+        row[7],
+    )
+
+
 def prefix_upper_bound(prefix: str) -> str | None:
     """The smallest string greater than every string starting with ``prefix`` (code-point order)."""
     chars = list(prefix)

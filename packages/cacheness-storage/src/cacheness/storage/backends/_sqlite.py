@@ -15,6 +15,7 @@ from cacheness.storage.abc import EntryRecord, MetadataBackend
 from cacheness.storage.backends._memory import matches_filter
 from cacheness.storage.backends._rows import (
     COLUMNS,
+    load_record,
     prefix_upper_bound,
     record_to_row,
     row_to_record,
@@ -27,6 +28,10 @@ logger = logging.getLogger(__name__)
 
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM entries"
 _SELECT_KEY = _SELECT + " WHERE key = ?"
+_LOAD_COLUMNS = "blob_key, data_type, handler, codec, size, content_hash, info, inline_value"
+_SELECT_LOAD = f"SELECT {_LOAD_COLUMNS} FROM entries WHERE key = ?"
+# A rowid table, not WITHOUT ROWID: there a row over ~1000 bytes spills into an
+# overflow page, and an inline value of 1 KB would cost a second page read per get.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     key TEXT PRIMARY KEY NOT NULL,
@@ -41,14 +46,17 @@ CREATE TABLE IF NOT EXISTS entries (
     metadata TEXT NOT NULL,
     signature TEXT,
     inline_value BLOB
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS entries_blob_key ON entries (blob_key);
+);
+-- Inline entries (blob_key '') stay out of it: one page fewer to write per small put.
+DROP INDEX IF EXISTS entries_blob_key;
+CREATE INDEX IF NOT EXISTS entries_blob ON entries (blob_key) WHERE blob_key != '';
 """
 # SQLite's own busy handler waits this long for a lock; BEGIN IMMEDIATE is
 # retried on top of it, because under WAL a writer can still get SQLITE_BUSY
 # without waiting (for example while a checkpoint runs).
 _BUSY_TIMEOUT_S = 30.0
 _LOCK_RETRIES = 20
+_MMAP_BYTES = 64 * 1024 * 1024
 
 
 class SqliteMetadataBackend(MetadataBackend):
@@ -114,6 +122,8 @@ class SqliteMetadataBackend(MetadataBackend):
             )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
+            # Pages read through a mapping: a commit costs ~7 µs less.
+            conn.execute(f"PRAGMA mmap_size={_MMAP_BYTES}")
         except sqlite3.Error as exc:
             raise CacheBackendError(
                 f"cannot open metadata database {self.path}: {exc}", backend=self.name
@@ -190,6 +200,13 @@ class SqliteMetadataBackend(MetadataBackend):
         row = self._execute(_SELECT_KEY, (key,)).fetchone()
         return None if row is None else row_to_record(row)
 
+    def get_for_load(self, key: str) -> EntryRecord | None:
+        # Each column read costs ~0.3 µs: skip those a load does not need.
+        row = self._execute(_SELECT_LOAD, (key,)).fetchone()
+        if row is None:
+            return None
+        return load_record(key, row)
+
     def put(self, record: EntryRecord) -> EntryRecord | None:
         try:
             with self._transaction() as conn:
@@ -256,7 +273,9 @@ class SqliteMetadataBackend(MetadataBackend):
 
     def count_refs(self, blob_key: str) -> int:
         row = self._execute(
-            "SELECT COUNT(*) FROM entries WHERE blob_key = ?", (blob_key,)
+            # The second term lets SQLite use the partial index.
+            "SELECT COUNT(*) FROM entries WHERE blob_key = ? AND blob_key != ''",
+            (blob_key,),
         ).fetchone()
         return int(row[0])
 
@@ -265,7 +284,12 @@ class SqliteMetadataBackend(MetadataBackend):
         return (row_to_record(r) for r in rows)
 
     def blob_keys(self) -> set[str]:
-        return {r[0] for r in self._execute("SELECT DISTINCT blob_key FROM entries").fetchall()}
+        return {
+            r[0]
+            for r in self._execute(
+                "SELECT DISTINCT blob_key FROM entries WHERE blob_key != ''"
+            ).fetchall()
+        }
 
     def close(self) -> None:
         self._closed = True

@@ -25,6 +25,10 @@ class BytesHandler(TypeHandler):
         data, label = encode_if_smaller(codec, view)
         return Serialized(chunks=[data], codec=label, info={"kind": kind}, data_type=kind)
 
+    def load_bytes(self, data: bytes, info: Mapping[str, Any], codec: Codec) -> Any:
+        raw = data if codec.name == "none" else codec.decode(data)
+        return bytearray(raw) if info.get("kind") == "bytearray" else bytes(raw)
+
     def load(self, reader: BinaryIO, info: Mapping[str, Any], codec: Codec) -> Any:
         raw: Any = reader.read()
         if codec.name != "none":

@@ -73,6 +73,11 @@ class PickleHandler(TypeHandler):
         chunks, label = writer.finish({"buffers": len(buffers)})
         return Serialized(chunks=chunks, codec=label, info={"frame": True}, data_type=data_type)
 
+    def load_bytes(self, data: bytes, info: Mapping[str, Any], codec: Codec) -> Any:
+        if info:  # a frame: only values with big out-of-band buffers have one
+            return super().load_bytes(data, info, codec)
+        return self._loads(data if codec.name == "none" else codec.decode(data), [])
+
     def load(self, reader: BinaryIO, info: Mapping[str, Any], codec: Codec) -> Any:
         if not info.get("frame"):
             data = reader.read()
