@@ -245,6 +245,7 @@ _ROW_COLS = (
     "key_params, description, metadata"
 )
 _LOCK_RETRIES = 50
+_INSERT_ROW = f"INSERT INTO cache_entries ({_ROW_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 def _dumps(value: Any) -> str:
@@ -474,39 +475,41 @@ class SqliteIndex(CacheIndex):
     ) -> PutResult:
         """See :meth:`CacheIndex.put`; ``extra(connection)`` runs in the same transaction
         right after the row is written (custom-metadata rows)."""
+        # The store keeps inline values per entry (no sharing): each counts alone.
+        content_hash = "" if row.inline else row.content_hash
+        values = (
+            row.key,
+            row.store_key,
+            content_hash,
+            row.size,
+            row.created,
+            row.accessed,
+            row.hits,
+            row.expires,
+            None if row.key_params is None else _dumps(row.key_params),
+            row.description,
+            "{}" if not row.metadata else _dumps(row.metadata),
+        )
         with self._txn() as conn:
             self._flush(conn, pending)
-            old = conn.execute(
-                "SELECT store_key, content_hash, size FROM cache_entries WHERE key = ?", (row.key,)
-            ).fetchone()
+            old = None
+            try:
+                # A new key (the usual put) needs no look at the old row first.
+                conn.execute(_INSERT_ROW, values)
+            except sqlite3.IntegrityError:
+                old = conn.execute(
+                    "SELECT store_key, content_hash, size FROM cache_entries WHERE key = ?",
+                    (row.key,),
+                ).fetchone()
+                conn.execute("INSERT OR REPLACE" + _INSERT_ROW[len("INSERT") :], values)
             d_entries, d_size = 1, 0
             if old is not None:
                 d_entries = 0
                 d_size -= self._drop_content(conn, old[1], old[2])
-            if row.inline:
-                # The store keeps inline values per entry (no sharing): count each alone.
-                content_hash = ""
-                d_size += row.size
-            else:
-                content_hash = row.content_hash
+            if content_hash:
                 d_size += self._add_content(conn, content_hash, row.size)
-            conn.execute(
-                f"INSERT OR REPLACE INTO cache_entries ({_ROW_COLS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    row.key,
-                    row.store_key,
-                    content_hash,
-                    row.size,
-                    row.created,
-                    row.accessed,
-                    row.hits,
-                    row.expires,
-                    None if row.key_params is None else _dumps(row.key_params),
-                    row.description,
-                    _dumps(row.metadata),
-                ),
-            )
+            else:
+                d_size += row.size
             if extra is not None:
                 extra(conn)
             entries, size = self._bump(conn, d_entries, d_size)

@@ -190,6 +190,9 @@ class BlobStore:
             self.close()
             raise CacheConfigError(f"inline_max must be an int >= 0, not {inline_max!r}")
         self.inline_max = limit if self.metadata_backend.supports_inline else 0
+        import xxhash
+
+        self._xxh3 = xxhash.xxh3_128_hexdigest
         self._handlers: dict[str, TypeHandler] = {}
         self._codecs: dict[str, Codec] = {}
         self._closed = False
@@ -697,7 +700,12 @@ class BlobStore:
         try:
             inline = record.inline
             if inline is not None:
-                if verify:
+                if verify and algorithm == "xxh3_128":
+                    # hash_chunks without its hasher object: a third of a small get.
+                    actual = "xxh3_128:" + self._xxh3(inline)
+                    if actual != record.content_hash:
+                        self._check_hash(record, actual)
+                elif verify:
                     self._check_hash(record, hash_chunks((inline,), algorithm))
                 else:
                     self._check_size(record, len(inline))

@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM entries"
 _SELECT_KEY = _SELECT + " WHERE key = ?"
+_INSERT = f"INSERT INTO entries ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+_REPLACE = "INSERT OR REPLACE" + _INSERT[len("INSERT") :]
 _LOAD_COLUMNS = "blob_key, data_type, handler, codec, size, content_hash, info, inline_value"
 _SELECT_LOAD = f"SELECT {_LOAD_COLUMNS} FROM entries WHERE key = ?"
 # A rowid table, not WITHOUT ROWID: there a row over ~1000 bytes spills into an
@@ -208,14 +210,16 @@ class SqliteMetadataBackend(MetadataBackend):
         return load_record(key, row)
 
     def put(self, record: EntryRecord) -> EntryRecord | None:
+        values = record_to_row(record)
+        row = None
         try:
             with self._transaction() as conn:
-                row = conn.execute(_SELECT_KEY, (record.key,)).fetchone()
-                conn.execute(
-                    f"INSERT OR REPLACE INTO entries ({', '.join(COLUMNS)}) "
-                    f"VALUES ({', '.join('?' * len(COLUMNS))})",
-                    record_to_row(record),
-                )
+                try:
+                    # Most puts name a new key: one statement instead of SELECT + REPLACE.
+                    conn.execute(_INSERT, values)
+                except sqlite3.IntegrityError:
+                    row = conn.execute(_SELECT_KEY, (record.key,)).fetchone()
+                    conn.execute(_REPLACE, values)
         except sqlite3.Error as exc:
             raise CacheBackendError(
                 f"{self.path}: {exc}", key=record.key, backend=self.name
