@@ -95,20 +95,23 @@ def test_round_trips_bytes_array_and_dict(
     rng = np.random.default_rng(7)
     array = np.asfortranarray(rng.standard_normal((1000, 700)))  # ~5.6 MB: the streaming read path
     record = {"model": "resnet", "epochs": 12, "scores": [0.5, 0.75], "nested": {"a": None}}
+    raw = rng.bytes(64 * 1024)  # incompressible and above the inline limit: an object
     keys = {
-        "raw": store.put(b"\x00binary\xffcontent" * 1000, key="raw"),
+        "raw": store.put(raw, key="raw"),
         "array": store.put(array, key="array"),
         "dict": store.put(record, key="dict"),
     }
-    assert store.get("raw") == b"\x00binary\xffcontent" * 1000
+    assert store.get("raw") == raw
     got = store.get("array")
     assert isinstance(got, np.ndarray)
     assert got.dtype == array.dtype and got.shape == array.shape
     assert got.flags.f_contiguous
     np.testing.assert_array_equal(got, array)
     assert store.get("dict") == record
-    # One object per entry, named by its content hash, under the prefix.
-    assert object_names(bucket, "") == sorted(_object_of(store, k) for k in keys)
+    # One object per large entry, named by its content hash, under the prefix; the small
+    # dict lives inline in the metadata row and costs no request to the bucket.
+    assert object_names(bucket, "") == sorted(_object_of(store, k) for k in ("raw", "array"))
+    assert set(keys) == {"raw", "array", "dict"}
 
 
 def test_large_put_goes_up_as_multipart(
