@@ -343,7 +343,7 @@ class SqlCache:
         """:meth:`for_timeseries` for data still arriving: one hour TTL, and the
         open end of a range (the current increment and later) is refetched
         after one minute."""
-        return cls(
+        return cls.for_timeseries(
             db_url,
             table_name,
             data_fetcher=data_fetcher,
