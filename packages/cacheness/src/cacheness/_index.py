@@ -248,8 +248,8 @@ _LOCK_RETRIES = 50
 _INSERT_ROW = f"INSERT INTO cache_entries ({_ROW_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True, allow_nan=False)
+# One encoder, not json.dumps(..., options): that builds a new encoder per call.
+_dumps = json.JSONEncoder(separators=(",", ":"), sort_keys=True, allow_nan=False).encode
 
 
 def _row(r: Any) -> IndexRow:
@@ -723,8 +723,11 @@ class SharedSqliteIndex(SqliteIndex):
     @contextmanager
     def _txn(self) -> Iterator[sqlite3.Connection]:
         self._check()
-        with self._guard(), self._backend.write_lock() as conn:
-            yield conn
+        try:
+            with self._backend.write_lock() as conn:
+                yield conn
+        except sqlite3.Error as exc:
+            raise CacheBackendError(f"cache index {self.path}: {exc}", backend=self.name) from exc
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         with self._guard():

@@ -34,10 +34,14 @@ def from_micros(us: int) -> datetime:
     return EPOCH + timedelta(microseconds=us)
 
 
+# One encoder, not json.dumps(..., options): that builds a new encoder per call.
+_ENCODE = json.JSONEncoder(separators=(",", ":"), sort_keys=True, allow_nan=False).encode
+
+
 def dumps_json(value: Any) -> str:
     if not value:
         return "{}" if isinstance(value, dict) else json.dumps(value)
-    return json.dumps(value, separators=(",", ":"), sort_keys=True, allow_nan=False)
+    return _ENCODE(value)
 
 
 # Parsed form of short, flat JSON objects seen before ('{"kind":"bytes"}' and the
