@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from cacheness.storage.backends._rows import LOAD_COLUMNS
 from cacheness.storage.errors import CacheBackendError
 
 if TYPE_CHECKING:
@@ -677,9 +678,8 @@ class SqliteIndex(CacheIndex):
 
 # The index row and the store entry it names, in one query: all a small get reads.
 _JOINED = (
-    "SELECT c.store_key, c.expires, e.blob_key, e.data_type, e.handler, e.codec, e.size, "
-    "e.content_hash, e.info, e.inline_value FROM cache_entries c "
-    "LEFT JOIN entries e ON e.key = c.store_key WHERE c.key = ?"
+    f"SELECT c.store_key, c.expires, {', '.join('e.' + c for c in LOAD_COLUMNS)} "
+    "FROM cache_entries c LEFT JOIN entries e ON e.key = c.store_key WHERE c.key = ?"
 )
 
 
@@ -743,9 +743,8 @@ class SharedSqliteIndex(SqliteIndex):
         return None if r is None else (r[0], r[1])
 
     def lookup_entry(self, key: str) -> Any:
-        """``(store_key, expires, blob_key, data_type, handler, codec, size, content_hash,
-        info, inline)`` of ``key`` (the store's columns None when its entry is gone),
-        or None."""
+        """``(store_key, expires, *LOAD_COLUMNS)`` of ``key`` (the store's columns None
+        when its entry is gone), or None."""
         if self._closed:
             self._check()
         try:

@@ -208,8 +208,8 @@ class MetadataBackend(ABC):
 
     def get_for_load(self, key: str) -> EntryRecord | None:
         """``get`` for loading a value: the fields a load reads (``key``, ``blob_key``,
-        ``data_type``, ``handler``, ``codec``, ``size``, ``content_hash``, ``info``,
-        ``inline``) must be right; the others may be placeholders. Backends override
+        ``handler``, ``codec``, ``size``, ``content_hash``, ``info``, ``inline``) must
+        be right; the others may be placeholders. Backends override
         it when reading fewer columns is cheaper (the small ``get`` is the hot path)."""
         return self.get(key)
 

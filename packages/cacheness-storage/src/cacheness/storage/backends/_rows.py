@@ -105,22 +105,15 @@ def row_to_record(row: Any) -> EntryRecord:
     )
 
 
+#: What loading a value reads (each column fetched costs ~0.2 µs on the small get).
+LOAD_COLUMNS = ("blob_key", "handler", "codec", "size", "content_hash", "info", "inline_value")
+
+
 def load_record(key: str, row: Any) -> EntryRecord:
     """A record from the columns of ``LOAD_COLUMNS`` (in that order), for loading only:
-    ``created_at``, ``metadata`` and ``signature`` are placeholders."""
+    ``data_type``, ``created_at``, ``metadata`` and ``signature`` are placeholders."""
     return EntryRecord(
-        key,
-        row[0],
-        row[1],
-        row[2],
-        row[3],
-        row[4],
-        row[5],
-        EPOCH,
-        loads_json(row[6]),
-        {},
-        None,
-        row[7],
+        key, row[0], "", row[1], row[2], row[3], row[4], EPOCH, loads_json(row[5]), {}, None, row[6]
     )
 
 

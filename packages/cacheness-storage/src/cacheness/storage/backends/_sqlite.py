@@ -14,6 +14,7 @@ from cacheness.storage.abc import EntryRecord, MetadataBackend
 from cacheness.storage.backends._memory import matches_filter
 from cacheness.storage.backends._rows import (
     COLUMNS,
+    LOAD_COLUMNS,
     load_record,
     prefix_upper_bound,
     record_to_row,
@@ -29,8 +30,7 @@ _SELECT = f"SELECT {', '.join(COLUMNS)} FROM entries"
 _SELECT_KEY = _SELECT + " WHERE key = ?"
 _INSERT = f"INSERT INTO entries ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 _REPLACE = "INSERT OR REPLACE" + _INSERT[len("INSERT") :]
-_LOAD_COLUMNS = "blob_key, data_type, handler, codec, size, content_hash, info, inline_value"
-_SELECT_LOAD = f"SELECT {_LOAD_COLUMNS} FROM entries WHERE key = ?"
+_SELECT_LOAD = f"SELECT {', '.join(LOAD_COLUMNS)} FROM entries WHERE key = ?"
 # A rowid table, not WITHOUT ROWID: there a row over ~1000 bytes spills into an
 # overflow page, and an inline value of 1 KB would cost a second page read per get.
 _SCHEMA = """
