@@ -565,6 +565,34 @@ class UnifiedCache(CustomMetadataMixin):
         reserved) are not key parameters. With ``cache_key=...`` the key is
         the one given, and the key parameters, if any, are only recorded.
         """
+        return self._put(
+            data,
+            key_params,
+            ttl_seconds=ttl_seconds,
+            metadata=metadata,
+            description=description,
+            on=on,
+            cache_key=cache_key,
+            custom_metadata=custom_metadata,
+        )
+
+    def _put(
+        self,
+        data: Any,
+        key_params: dict[str, Any],
+        *,
+        ttl_seconds: float | _Unset | None = _UNSET,
+        metadata: Mapping[str, Any] | None = None,
+        description: str | None = None,
+        on: Mapping[str, Any] | None = None,
+        cache_key: str | None = None,
+        custom_metadata: Any = None,
+        remember: bool = False,
+    ) -> str:
+        """``put``; with ``remember`` the memory tier keeps ``data`` itself, so the next
+        hit in this process skips the store. Only for callers that hand the same object
+        back anyway (the decorator returns its result, as functools.lru_cache does);
+        ``put`` must not, or a caller mutating ``data`` later would change a cached value."""
         params = self._merge_on(key_params, on) if on else key_params
         key = self._key(cache_key, params, None)
         self._check_open()
@@ -575,6 +603,7 @@ class UnifiedCache(CustomMetadataMixin):
         rendered = render_params(params) if params else None
         store_key = self._new_store_key(key)
         done: list[tuple[IndexRow, PutResult]] = []
+        gen_before = self._gen.read() if self._tier is not None else 0
 
         def index_put(record: EntryRecord) -> None:
             now = self._clock()
@@ -609,7 +638,14 @@ class UnifiedCache(CustomMetadataMixin):
                 raise
         row, result = done[0]
         if self._tier is not None:
-            self._tier.pop(key)
+            gen_after = self._gen.read()
+            if remember:
+                # Our own write bumped the counter once; any other bump in between
+                # leaves the tier entry at gen_before, so the next hit re-checks.
+                gen = gen_after if gen_after == gen_before + 1 else gen_before
+                self._tier.put(key, data, store_key, row.expires, gen)
+            else:
+                self._tier.pop(key)
         for old in ([result.replaced] if result.replaced else []) + result.victims:
             self._store.delete(old)
         if result.victims:

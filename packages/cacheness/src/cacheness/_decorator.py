@@ -653,7 +653,7 @@ class CachedFunction(Generic[P, R]):
         if self._condition is not None and not self._condition(result):
             return
         try:
-            cache.put(result, cache_key=key, **self._put_kwargs)
+            cache._put(result, {}, cache_key=key, remember=True, **self._put_kwargs)
         except CacheSerializationError as exc:
             # The caller still gets its result; only the next call pays again.
             logger.warning("result of %s() was not cached: %s (key %s)", self._identity, exc, key)
