@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from cacheness.storage.backends._rows import LOAD_COLUMNS
+from cacheness.storage.backends._sqlite import enable_wal
 from cacheness.storage.errors import CacheBackendError
 
 if TYPE_CHECKING:
@@ -301,7 +302,7 @@ class SqliteIndex(CacheIndex):
                 target, timeout=30.0, isolation_level=None, check_same_thread=False
             )
             if self.path is not None:
-                conn.execute("PRAGMA journal_mode=WAL")
+                enable_wal(conn)
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("PRAGMA mmap_size=67108864")  # commits ~7 µs cheaper
             # Every statement is idempotent, so processes opening one file at once agree.
