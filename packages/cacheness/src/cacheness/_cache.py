@@ -280,6 +280,10 @@ class UnifiedCache(CustomMetadataMixin):
             self._flush()
 
     def _take_pending(self) -> Pending:
+        if not self._ops:
+            # Nothing waits (the usual put): skip the lock. A hit counted meanwhile
+            # by another thread simply waits for the next flush.
+            return {}, {"hits": 0, "misses": 0}
         with self._plock:
             access, counts = self._access, self._counts
             self._access, self._counts = {}, {"hits": 0, "misses": 0}
@@ -611,19 +615,21 @@ class UnifiedCache(CustomMetadataMixin):
 
         def index_put(record: EntryRecord) -> None:
             now = self._clock()
+            # Positional (key, store_key, content_hash, size, created, accessed, hits,
+            # expires, key_params, description, metadata, inline): cheaper than keywords.
             row = IndexRow(
-                key=key,
-                store_key=store_key,
-                content_hash=record.content_hash,
-                size=int(record.size),
-                created=now,
-                accessed=now,
-                hits=0,
-                expires=None if expires_in is None else now + expires_in,
-                key_params=rendered,
-                description=description,
-                metadata=record.metadata,
-                inline=record.inline is not None,
+                key,
+                store_key,
+                record.content_hash,
+                int(record.size),
+                now,
+                now,
+                0,
+                None if expires_in is None else now + expires_in,
+                rendered,
+                description,
+                record.metadata,
+                record.inline is not None,
             )
             if custom is None:
                 done.append((row, self._index.put(row, self._limits, self._take_pending())))

@@ -252,6 +252,29 @@ _INSERT_ROW = f"INSERT INTO cache_entries ({_ROW_COLS}) VALUES (?, ?, ?, ?, ?, ?
 
 # One encoder, not json.dumps(..., options): that builds a new encoder per call.
 _dumps = json.JSONEncoder(separators=(",", ":"), sort_keys=True, allow_nan=False).encode
+_esc = json.encoder.encode_basestring_ascii
+
+
+def _dumps_params(params: dict[str, Any]) -> str:
+    """``_dumps(params)``; flat str/int/bool/None values (most key parameters) are
+    written directly, ~1 µs cheaper per put than the encoder's set-up."""
+    parts = []
+    for name in sorted(params):
+        v = params[name]
+        t = type(v)
+        if type(name) is not str:
+            return _dumps(params)
+        if t is str:
+            parts.append(f"{_esc(name)}:{_esc(v)}")
+        elif t is int:
+            parts.append(f"{_esc(name)}:{int.__repr__(v)}")
+        elif v is None:
+            parts.append(f"{_esc(name)}:null")
+        elif t is bool:
+            parts.append(f"{_esc(name)}:{'true' if v else 'false'}")
+        else:
+            return _dumps(params)
+    return "{" + ",".join(parts) + "}"
 
 
 def _row(r: Any) -> IndexRow:
@@ -488,7 +511,7 @@ class SqliteIndex(CacheIndex):
             row.accessed,
             row.hits,
             row.expires,
-            None if row.key_params is None else _dumps(row.key_params),
+            None if row.key_params is None else _dumps_params(row.key_params),
             row.description,
             "{}" if not row.metadata else _dumps(row.metadata),
         )

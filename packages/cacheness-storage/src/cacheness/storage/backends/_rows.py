@@ -26,8 +26,11 @@ COLUMNS = (
 )
 
 
+_US = timedelta(microseconds=1)  # built once: a new timedelta per put cost ~0.7 µs
+
+
 def to_micros(dt: datetime) -> int:
-    return (dt - EPOCH) // timedelta(microseconds=1)
+    return (dt - EPOCH) // _US
 
 
 def from_micros(us: int) -> datetime:
