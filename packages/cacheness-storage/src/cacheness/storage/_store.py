@@ -6,9 +6,10 @@ import io
 import json
 import logging
 import os
+import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ from cacheness.storage._hashing import HashingReader, hash_chunks, new_hasher, s
 from cacheness.storage._plugins import PluginManager, get_plugin_manager
 from cacheness.storage.abc import (
     BlobBackend,
+    BlobWriter,
     Buffer,
     BufferReader,
     Codec,
@@ -45,6 +47,8 @@ _SMALL_BLOB = 4 * 1024 * 1024
 #: backend supports it): a get is then one indexed lookup and no file open.
 INLINE_MAX = 16 * 1024
 _STREAM_CHUNK = 8 * 1024 * 1024
+#: Blobs at least this large are hashed while they are written (see ``_write_hashing``).
+_FUSE_MIN = 16 * 1024 * 1024
 # Temp files younger than this may belong to a put still in progress.
 _TEMP_GRACE_S = 3600.0
 
@@ -336,34 +340,106 @@ class BlobStore:
             _check_key(key)
         user_meta = _check_metadata(metadata, key)
         handler, ser = self._serialize(data, key)
-        content_hash = hash_chunks(ser.chunks, self.hash_algorithm)
-        digest = split_hash(content_hash)[1]
-        if key is None:
-            key = digest if self.content_addressable else uuid.uuid4().hex
         nbytes = ser.nbytes
-        inline: bytes | None = None
-        if nbytes <= self.inline_max:
-            chunks = ser.chunks
-            inline = bytes(chunks[0]) if len(chunks) == 1 else b"".join(chunks)
-            blob_key = ""
+        pending: BlobWriter | None = None
+        if nbytes > self.inline_max and self._hash_while_writing(key, nbytes):
+            pending, content_hash = self._write_hashing(ser.chunks, key)
         else:
-            blob_key = digest if self.content_addressable else uuid.uuid4().hex
-        record = EntryRecord(
-            key=key,
-            blob_key=blob_key,
-            data_type=ser.data_type or handler.name,
-            handler=handler.name,
-            codec=ser.codec,
-            size=nbytes,
-            content_hash=content_hash,
-            created_at=datetime.now(UTC),
-            info=dict(ser.info) if ser.info else {},
-            metadata=user_meta,
-            inline=inline,
-        )
-        self._commit(record, lambda: self.blob_backend.put(blob_key, ser.chunks), within)
+            content_hash = hash_chunks(ser.chunks, self.hash_algorithm)
+        try:
+            digest = split_hash(content_hash)[1]
+            if key is None:
+                key = digest if self.content_addressable else uuid.uuid4().hex
+            inline: bytes | None = None
+            if nbytes <= self.inline_max:
+                chunks = ser.chunks
+                inline = bytes(chunks[0]) if len(chunks) == 1 else b"".join(chunks)
+                blob_key = ""
+            else:
+                blob_key = digest if self.content_addressable else uuid.uuid4().hex
+            record = EntryRecord(
+                key=key,
+                blob_key=blob_key,
+                data_type=ser.data_type or handler.name,
+                handler=handler.name,
+                codec=ser.codec,
+                size=nbytes,
+                content_hash=content_hash,
+                created_at=datetime.now(UTC),
+                info=dict(ser.info) if ser.info else {},
+                metadata=user_meta,
+                inline=inline,
+            )
+
+            def write_blob() -> None:
+                nonlocal pending
+                if pending is not None:
+                    writer, pending = pending, None
+                    writer.commit(blob_key)
+                else:  # no temp file, or a concurrent gc freed what it became: write again
+                    self.blob_backend.put(blob_key, ser.chunks)
+
+            self._commit(record, write_blob, within)
+        finally:
+            if pending is not None:  # deduplicated (or failed): drop the temp file
+                pending.abort()
         logger.debug("put %r (%s, %d bytes)", key, handler.name, nbytes)
         return record
+
+    def _hash_while_writing(self, key: str | None, nbytes: int) -> bool:
+        """Write a large blob to a temp file while hashing it, before knowing whether
+        the content is already stored? Then a duplicate costs a wasted write
+        (the temp file is dropped and the stored blob shared), so only when one is
+        unlikely: the store does not deduplicate, or the key is new or held a
+        value of another size. A local file only: other backends' writers copy or upload.
+        """
+        if nbytes < _FUSE_MIN:
+            return False
+        from cacheness.storage.backends._filesystem import FilesystemBlobBackend
+
+        if not isinstance(self.blob_backend, FilesystemBlobBackend):
+            return False
+        if not self.content_addressable:
+            return True
+        if key is None:  # keyed by content: storing known content again is the common case
+            return False
+        old = self.metadata_backend.get(key)
+        return old is None or old.size != nbytes
+
+    def _write_hashing(self, chunks: Sequence[Buffer], key: str | None) -> tuple[BlobWriter, str]:
+        """Write ``chunks`` to a new temp blob while another thread hashes them; ``(writer, hash)``.
+
+        Both xxhash and hashlib release the GIL on large buffers, so on two cores
+        the hash (~15% of a page-cache write) costs next to nothing.
+        """
+        hasher = new_hasher(self.hash_algorithm)
+        failed: list[BaseException] = []
+
+        def digest() -> None:
+            try:
+                for chunk in chunks:
+                    hasher.update(chunk)
+            except BaseException as exc:  # noqa: BLE001 - re-raised by the putting thread below
+                failed.append(exc)
+
+        writer = self.blob_backend.writer()
+        thread = threading.Thread(target=digest, name="cacheness-hash", daemon=True)
+        thread.start()
+        try:
+            try:
+                for chunk in chunks:
+                    writer.write(chunk)
+            finally:
+                thread.join()
+            if failed:
+                raise failed[0]
+        except CacheStorageError as exc:
+            writer.abort()
+            raise _with_key(exc, key) from exc
+        except BaseException:
+            writer.abort()
+            raise
+        return writer, f"{self.hash_algorithm}:{hasher.hexdigest()}"
 
     def _blob_intact(self, blob_key: str, size: int) -> bool:
         """True when a blob of the expected size is stored (a cheap check before reusing it)."""

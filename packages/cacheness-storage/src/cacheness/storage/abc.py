@@ -289,13 +289,37 @@ MIN_COMPRESS = 256
 MIN_COMPRESS_VALUE = 2048
 
 
+#: Values at least this large are probed with a few samples before compressing all of them.
+PROBE_MIN_VALUE = 1024 * 1024
+_PROBE_SAMPLE = 64 * 1024
+_PROBE_SAMPLES = 4
+
+
+def _saves(encoded: int, raw: int) -> bool:
+    # Keep the compressed form only when it saves at least ~3%.
+    return encoded * 33 < raw * 32
+
+
 def encode_if_smaller(codec: Codec, data: Buffer) -> tuple[Buffer, str]:
     """``(encoded, label)``, or ``(data, "none")`` when compressing does not pay."""
-    if codec.name == "none" or memoryview(data).nbytes < MIN_COMPRESS_VALUE:
+    n = memoryview(data).nbytes
+    if codec.name == "none" or n < MIN_COMPRESS_VALUE:
         return data, "none"
+    if n >= PROBE_MIN_VALUE:
+        # Compressing 100 MB of incompressible bytes costs several times writing
+        # them: a few spread samples that do not shrink keep the value raw.
+        view = memoryview(data)
+        if view.ndim != 1 or view.format != "B":
+            view = view.cast("B")
+        stride = (n - _PROBE_SAMPLE) // (_PROBE_SAMPLES - 1)
+        packed = sum(
+            len(codec.encode(view[i * stride : i * stride + _PROBE_SAMPLE]))
+            for i in range(_PROBE_SAMPLES)
+        )
+        if not _saves(packed, _PROBE_SAMPLE * _PROBE_SAMPLES):
+            return data, "none"
     encoded = codec.encode(data)
-    # Keep the compressed form only when it saves at least ~3%.
-    if len(encoded) * 33 >= memoryview(data).nbytes * 32:
+    if not _saves(len(encoded), n):
         return data, "none"
     return encoded, codec.label
 

@@ -37,21 +37,23 @@ class _FileWriter(BlobWriter):
         self._backend = backend
         fd, name = backend._mkstemp()
         self._path: str | None = name
-        self._file: BinaryIO | None = os.fdopen(fd, "wb")
+        # The raw descriptor, no buffered file: callers write large pieces, and
+        # closing a buffered file in abort() would flush (and fail) once more.
+        self._fd: int | None = fd
 
     def write(self, data: Buffer) -> None:
-        assert self._file is not None, "writer already finished"
+        assert self._fd is not None, "writer already finished"
         try:
-            self._file.write(data)
+            _write_all(self._fd, data)
         except OSError as exc:
             self.abort()
             raise _storage_error(exc, "write", None, self._backend.root) from exc
 
     def commit(self, key: str) -> None:
-        assert self._file is not None and self._path is not None, "writer already finished"
+        assert self._fd is not None and self._path is not None, "writer already finished"
         try:
-            self._file.close()
-            self._file = None
+            fd, self._fd = self._fd, None
+            os.close(fd)
             self._backend._publish(self._path, key)
             self._path = None
         except OSError as exc:
@@ -60,9 +62,9 @@ class _FileWriter(BlobWriter):
             self.abort()
 
     def abort(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
         if self._path is not None:
             try:
                 os.unlink(self._path)
