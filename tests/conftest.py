@@ -34,20 +34,8 @@ def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
 def build_wheel(project: Path, out: Path) -> Path:
     """A wheel of ``project`` built by hatchling (no network: hatchling is installed)."""
     out.mkdir(parents=True, exist_ok=True)
-    run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(out),
-            str(project),
-        ]
-    )
+    # `build` rather than `pip wheel`: uv-made environments (nox's default) have no pip.
+    run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "-o", str(out), str(project)])
     name = project.name.replace("-", "_")
     return next(out.glob(f"{name}-*.whl"))
 

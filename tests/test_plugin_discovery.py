@@ -113,7 +113,10 @@ from cacheness.storage import BlobStore
 from cacheness_demo import Point
 
 blobs = tempfile.mkdtemp()
-with tempfile.TemporaryDirectory() as d, BlobStore(d, blob_backend="demo://" + blobs) as store:
+# inline_max=0: even small values go to the plugin's backend, so its files can be counted.
+with tempfile.TemporaryDirectory() as d, BlobStore(
+    d, blob_backend="demo://" + blobs, inline_max=0
+) as store:
     store.put(Point(1.5, -2.0), key="p")
     store.put(b"raw", key="b")
     value = store.get("p")
