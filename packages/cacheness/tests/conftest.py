@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -48,11 +49,12 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def make_cache(tmp_path: Path, backend: str, clock: Clock) -> Iterator[Callable[..., UnifiedCache]]:
-    """Open caches on ``backend`` in one folder, with the test clock; all closed at the end."""
+def open_cache(tmp_path: Path, clock: Clock) -> Iterator[Callable[..., UnifiedCache]]:
+    """``open_cache(backend, **options)``: caches in one folder, with the test clock;
+    all closed at the end."""
     opened: list[UnifiedCache] = []
 
-    def make(**options: Any) -> UnifiedCache:
+    def make(backend: str, **options: Any) -> UnifiedCache:
         options.setdefault("cache_dir", tmp_path / "cache")
         options.setdefault("metadata_backend", backend)
         cache = cacheness(**options)
@@ -63,6 +65,14 @@ def make_cache(tmp_path: Path, backend: str, clock: Clock) -> Iterator[Callable[
     yield make
     for cache in opened:
         cache.close()
+
+
+@pytest.fixture
+def make_cache(
+    backend: str, open_cache: Callable[..., UnifiedCache]
+) -> Callable[..., UnifiedCache]:
+    """Open caches on ``backend`` (see ``open_cache``)."""
+    return functools.partial(open_cache, backend)
 
 
 @pytest.fixture

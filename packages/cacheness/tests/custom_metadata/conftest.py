@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import pytest
-from cacheness import UnifiedCache, cacheness
+from cacheness import UnifiedCache
 
 HERE = Path(__file__).parent
 
@@ -51,21 +51,9 @@ def sql_backend(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def make_sql_cache(
-    tmp_path: Path, sql_backend: str, clock: Any, models: ModuleType
-) -> Iterator[Callable[..., UnifiedCache]]:
-    opened: list[UnifiedCache] = []
-
-    def make(**options: Any) -> UnifiedCache:
-        options.setdefault("cache_dir", tmp_path / "cache")
-        options.setdefault("metadata_backend", sql_backend)
-        cache = cacheness(**options)
-        cache._clock = clock
-        opened.append(cache)
-        return cache
-
-    yield make
-    for cache in opened:
-        cache.close()
+    sql_backend: str, open_cache: Callable[..., UnifiedCache], models: ModuleType
+) -> Callable[..., UnifiedCache]:
+    return functools.partial(open_cache, sql_backend)
 
 
 @pytest.fixture
