@@ -79,6 +79,22 @@ class IndexRow:
     inline: bool = False
 
 
+#: The columns an index stores per entry, in order (``inline`` is derived by the SQLite index).
+ROW_FIELDS: tuple[str, ...] = (
+    "key",
+    "store_key",
+    "content_hash",
+    "size",
+    "created",
+    "accessed",
+    "hits",
+    "expires",
+    "key_params",
+    "description",
+    "metadata",
+)
+
+
 @dataclasses.dataclass(slots=True)
 class Limits:
     max_entries: int | None

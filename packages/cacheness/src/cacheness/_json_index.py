@@ -23,6 +23,7 @@ from typing import Any
 from cacheness._index import (
     COUNTERS,
     POLICY_ORDER,
+    ROW_FIELDS,
     CacheIndex,
     Generation,
     IndexRow,
@@ -34,18 +35,7 @@ from cacheness.storage.errors import CacheBackendError
 
 __all__ = ["JsonIndex"]
 
-_FIELDS = (
-    "store_key",
-    "content_hash",
-    "size",
-    "created",
-    "accessed",
-    "hits",
-    "expires",
-    "key_params",
-    "description",
-    "metadata",
-)
+_FIELDS = ROW_FIELDS[1:]
 
 
 def _empty() -> dict[str, Any]:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from cacheness._index import (
     COUNTERS,
     POLICY_ORDER,
+    ROW_FIELDS,
     CacheIndex,
     Generation,
     IndexRow,
@@ -53,19 +54,7 @@ CUSTOM_TABLES = "cache_custom_tables"
 # Any constant: the advisory lock that serialises table creation on PostgreSQL.
 _PG_SETUP_LOCK = 0x63616369
 _STATE_COLS = ("generation", *COUNTERS)
-_ROW_COLS = (
-    "key",
-    "store_key",
-    "content_hash",
-    "size",
-    "created",
-    "accessed",
-    "hits",
-    "expires",
-    "key_params",
-    "description",
-    "metadata",
-)
+_ROW_COLS = ROW_FIELDS
 
 
 def _dumps(value: Any) -> str:
