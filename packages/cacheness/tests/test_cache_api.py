@@ -379,6 +379,33 @@ def test_memory_tier_sees_invalidation_by_another_instance(
     assert a.get(x=1) is None
 
 
+def test_memory_tier_after_another_instance_adds_overwrites_and_evicts(
+    make_cache: MakeCache, backend: str, clock: Clock
+) -> None:
+    if backend == "memory":
+        pytest.skip("memory caches are not shared")
+    a = make_cache(memory_cache_entries=10)
+    b = make_cache(max_entries=2)
+    a.put(["v1"], x=1)
+    first = a.get(x=1)
+    assert first == ["v1"]
+    gen = a._gen.read()
+    clock.advance(1)
+    b.put("new", y=1)  # a new key changes no row a's tier may hold
+    if backend == "sqlite":
+        assert a._gen.read() == gen  # so it costs a's next hit no re-check
+    assert a.get(x=1) is first
+    clock.advance(1)
+    b.put(["v2"], x=1)
+    assert a.get(x=1) == ["v2"]
+    for y in (2, 3):  # over b's limit: y=1, then x=1 are the least recently used
+        clock.advance(1)
+        b.put("more", y=y)
+    assert (b.exists(y=1), b.exists(x=1), b.exists(y=3)) == (False, False, True)
+    assert a.get(x=1) is None
+    assert a.get(y=3) == "more"
+
+
 # -------------------------------------------------------------- lifecycle
 
 

@@ -27,6 +27,7 @@ lose at most the unwritten part if a process is killed.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import socket
@@ -46,6 +47,7 @@ from cacheness._index import (
     Pending,
     PutResult,
     SharedSqliteIndex,
+    SqliteIndex,
     filter_matches,
 )
 from cacheness._keys import make_key, render_params
@@ -116,6 +118,10 @@ def _check_cache_key(key: object) -> str:
             f"cache_key must be a non-empty str without NUL characters, not {key!r}"
         )
     return key
+
+
+def _release_lease_sql(lease: tuple[str, str], conn: Any) -> None:
+    conn.execute("DELETE FROM cache_leases WHERE name = ? AND owner = ?", lease)
 
 
 def _utc(ts: float | None) -> datetime | None:
@@ -582,7 +588,7 @@ class UnifiedCache(CustomMetadataMixin):
             on=on,
             cache_key=cache_key,
             custom_metadata=custom_metadata,
-        )
+        )[0]
 
     def _put(
         self,
@@ -596,11 +602,16 @@ class UnifiedCache(CustomMetadataMixin):
         cache_key: str | None = None,
         custom_metadata: Any = None,
         remember: bool = False,
-    ) -> str:
+        lease: tuple[str, str] | None = None,
+    ) -> tuple[str, bool]:
         """``put``; with ``remember`` the memory tier keeps ``data`` itself, so the next
         hit in this process skips the store. Only for callers that hand the same object
         back anyway (the decorator returns its result, as functools.lru_cache does);
-        ``put`` must not, or a caller mutating ``data`` later would change a cached value."""
+        ``put`` must not, or a caller mutating ``data`` later would change a cached value.
+
+        ``lease=(name, owner)`` is released in the put's own transaction where the
+        index allows it (SQLite), saving the decorator a write. Returns the key and
+        whether the lease was released (False: the caller releases it)."""
         params = self._merge_on(key_params, on) if on else key_params
         key = self._key(cache_key, params, None)
         self._check_open()
@@ -612,6 +623,9 @@ class UnifiedCache(CustomMetadataMixin):
         store_key = self._new_store_key(key)
         done: list[tuple[IndexRow, PutResult]] = []
         gen_before = self._gen.read() if self._tier is not None else 0
+        release: Callable[[Any], None] | None = None
+        if lease is not None and custom is None and isinstance(self._index, SqliteIndex):
+            release = functools.partial(_release_lease_sql, lease)
 
         def index_put(record: EntryRecord) -> None:
             now = self._clock()
@@ -632,7 +646,12 @@ class UnifiedCache(CustomMetadataMixin):
                 record.inline is not None,
             )
             if custom is None:
-                done.append((row, self._index.put(row, self._limits, self._take_pending())))
+                if release is None:
+                    result = self._index.put(row, self._limits, self._take_pending())
+                else:
+                    index: Any = self._index
+                    result = index.put(row, self._limits, self._take_pending(), extra=release)
+                done.append((row, result))
             else:
                 done.append((row, self._put_with_custom(row, custom)))
 
@@ -648,14 +667,17 @@ class UnifiedCache(CustomMetadataMixin):
                 raise
         row, result = done[0]
         if self._tier is not None:
-            gen_after = self._gen.read()
-            if remember:
+            if not remember:
+                self._tier.pop(key)
+            elif result.generation is not None:
+                # The row is current at the generation its transaction saw.
+                self._tier.put(key, data, store_key, row.expires, result.generation)
+            else:
                 # Our own write bumped the counter once; any other bump in between
                 # leaves the tier entry at gen_before, so the next hit re-checks.
+                gen_after = self._gen.read()
                 gen = gen_after if gen_after == gen_before + 1 else gen_before
                 self._tier.put(key, data, store_key, row.expires, gen)
-            else:
-                self._tier.pop(key)
         for old in ([result.replaced] if result.replaced else []) + result.victims:
             self._store.delete(old)
         if result.victims:
@@ -668,7 +690,7 @@ class UnifiedCache(CustomMetadataMixin):
                 row.size,
                 self.config.max_cache_size_mb,
             )
-        return key
+        return key, release is not None
 
     def _log_eviction(self, n: int) -> None:
         cfg = self.config

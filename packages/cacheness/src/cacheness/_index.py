@@ -107,6 +107,9 @@ class PutResult:
     replaced: str | None  # store key of the value this put replaced
     victims: list[str]  # store keys of evicted entries
     oversized: bool = False  # the new entry alone is over the size limit
+    #: The generation the put committed at, read inside its transaction (None: unknown).
+    #: The new row is current at this generation: any later change to it bumps it.
+    generation: int | None = None
 
 
 # (hits added, last access time) per key, and counter increments, waiting to be written.
@@ -416,15 +419,20 @@ class SqliteIndex(CacheIndex):
                     f"cache index {self.path or ':memory:'}: {exc}", backend=self.name
                 ) from exc
 
-    def _bump(self, conn: sqlite3.Connection, entries: int = 0, size: int = 0) -> tuple[int, int]:
-        """Count a write (and its change to the totals); the new (entries, size_bytes)."""
-        gen, n, b = conn.execute(
-            "UPDATE cache_state SET generation = generation + 1, entries = entries + ?, "
+    def _bump(
+        self, conn: sqlite3.Connection, entries: int = 0, size: int = 0, gen: int = 1
+    ) -> tuple[int, int, int]:
+        """Count a write (and its change to the totals); the new (entries, size_bytes,
+        generation). ``gen=0`` changes the totals only: a write that alters no existing
+        row (a new key) hides nothing from a memory tier, so it need not bump."""
+        g, n, b = conn.execute(
+            "UPDATE cache_state SET generation = generation + ?, entries = entries + ?, "
             "size_bytes = size_bytes + ? WHERE id = 1 RETURNING generation, entries, size_bytes",
-            (entries, size),
+            (gen, entries, size),
         ).fetchone()
-        self.generation.write(gen)
-        return int(n), int(b)
+        if gen:
+            self.generation.write(g)
+        return int(n), int(b), int(g)
 
     # ---------------------------------------------------------------- reads
 
@@ -553,8 +561,8 @@ class SqliteIndex(CacheIndex):
                 d_size += row.size
             if extra is not None:
                 extra(conn)
-            entries, size = self._bump(conn, d_entries, d_size)
-            result = PutResult(replaced=None if old is None else old[0], victims=[])
+            entries, size, gen = self._bump(conn, d_entries, d_size, 0 if old is None else 1)
+            result = PutResult(None if old is None else old[0], [], False, gen)
             self._evict(conn, row.key, limits, result, entries, size)
         return result
 
@@ -591,11 +599,14 @@ class SqliteIndex(CacheIndex):
                 freed_total += freed
                 result.victims.append(store_key)
         if evicted:
-            conn.execute(
+            (gen,) = conn.execute(
                 "UPDATE cache_state SET evictions = evictions + ?, entries = entries - ?, "
-                "size_bytes = size_bytes - ? WHERE id = 1",
+                "size_bytes = size_bytes - ?, generation = generation + 1 WHERE id = 1 "
+                "RETURNING generation",
                 (evicted, evicted, freed_total),
-            )
+            ).fetchone()
+            self.generation.write(gen)
+            result.generation = int(gen)
 
     def replace_value(
         self, key: str, store_key: str, content_hash: str, size: int, now: float
@@ -687,16 +698,17 @@ class SqliteIndex(CacheIndex):
 
     def acquire_lease(self, name: str, owner: str, ttl: float, now: float) -> bool:
         with self._txn() as conn:
-            r = conn.execute(
-                "SELECT owner, expires FROM cache_leases WHERE name = ?", (name,)
-            ).fetchone()
-            if r is not None and r[0] != owner and r[1] > now:
-                return False
-            conn.execute(
-                "INSERT OR REPLACE INTO cache_leases (name, owner, expires) VALUES (?, ?, ?)",
-                (name, owner, now + ttl),
+            # One statement: the upsert changes nothing (rowcount 0) while another
+            # owner's lease is unexpired.
+            return bool(
+                conn.execute(
+                    "INSERT INTO cache_leases (name, owner, expires) VALUES (?, ?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, "
+                    "expires = excluded.expires "
+                    "WHERE cache_leases.owner = excluded.owner OR cache_leases.expires <= ?",
+                    (name, owner, now + ttl, now),
+                ).rowcount
             )
-            return True
 
     def release_lease(self, name: str, owner: str) -> bool:
         with self._txn() as conn:

@@ -201,3 +201,58 @@ def test_a_forked_child_does_not_wait_for_its_parents_threads(
     _, status = os.waitpid(pid, 0)
     assert not os.WIFSIGNALED(status), "the child hung on its parent's computation"
     assert os.WEXITSTATUS(status) == 0
+
+
+def _leases(cache_dir: Path) -> list[tuple[Any, ...]]:
+    import sqlite3
+
+    with sqlite3.connect(cache_dir / "metadata.sqlite") as conn:
+        return conn.execute("SELECT name, owner FROM cache_leases").fetchall()
+
+
+@pytest.mark.parametrize("outcome", ["stored", "refused by condition", "unstorable", "raised"])
+def test_no_lease_is_left_behind(tmp_path: Path, outcome: str) -> None:
+    """The lease goes away whatever the body did: released in the put's own
+    transaction when the result is stored, separately otherwise."""
+    cache_dir = tmp_path / "c"
+    with cacheness(cache_dir=cache_dir) as cache:
+
+        @cached(cache_instance=cache, condition=lambda r: r != "refuse")
+        def body(x: int) -> Any:
+            if outcome == "raised":
+                raise KeyError(x)
+            if outcome == "unstorable":
+                return (i for i in range(x))
+            return "refuse" if outcome == "refused by condition" else [x]
+
+        for x in range(3):
+            if outcome == "raised":
+                with pytest.raises(KeyError):
+                    body(x)
+            else:
+                body(x)
+            assert _leases(cache_dir) == []
+        stored = body.cache_info().currsize
+        assert stored == (3 if outcome == "stored" else 0)
+        if outcome == "stored":
+            assert cache.get(cache_key=body.cache_key(2)) == [2]
+
+
+def test_a_stale_lease_of_another_owner_is_taken_over(tmp_path: Path) -> None:
+    """A lease left by a dead owner blocks only until it expires; then the caller
+    computes, stores, and leaves no lease."""
+    cache_dir = tmp_path / "c"
+    with cacheness(cache_dir=cache_dir) as cache:
+
+        @cached(cache_instance=cache, lease_ttl_seconds=0.3)
+        def body(x: int) -> int:
+            return x + 1
+
+        name = "cached:" + body.cache_key(1)
+        assert cache._acquire_lease(name, 0.3, "dead-owner")
+        assert not cache._acquire_lease(name, 0.3, "someone-else")
+        t0 = time.monotonic()
+        assert body(1) == 2
+        assert time.monotonic() - t0 >= 0.2  # it waited for the dead owner's lease
+        assert _leases(cache_dir) == []
+        assert cache.get(cache_key=body.cache_key(1)) == 2
