@@ -9,8 +9,10 @@ Counters (entries, deduplicated bytes, hits, misses, evictions, expirations)
 live in the index and change in the same transaction as the rows they
 count, so every process sharing the directory sees the same totals.
 
-A generation number goes up with every write. Besides its durable copy in
-the index it is mirrored into an 8-byte memory-mapped file, which the
+A generation number goes up with every write that changes or removes an
+existing row (the SQLite index skips it for a put of a new key: no memory
+tier can hold that key, so nothing it holds goes stale). Besides its durable
+copy in the index it is mirrored into an 8-byte memory-mapped file, which the
 in-process memory tier reads (~0.1 µs) on each hit to learn whether any
 process has written since it last checked.
 """
