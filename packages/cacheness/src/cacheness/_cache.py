@@ -40,6 +40,7 @@ from typing import Any, Final
 from cacheness._config import DEFAULT_MAX_CACHE_SIZE_MB, CacheConfig
 from cacheness._custom_metadata import CustomMetadataMixin
 from cacheness._index import (
+    HELD_MARK,
     CacheIndex,
     Generation,
     IndexRow,
@@ -49,6 +50,7 @@ from cacheness._index import (
     SharedSqliteIndex,
     SqliteIndex,
     filter_matches,
+    is_held,
 )
 from cacheness._keys import make_key, render_params
 from cacheness.storage import BlobStore
@@ -403,7 +405,17 @@ class UnifiedCache(CustomMetadataMixin):
 
     def _load(self, key: str, store_key: str, strict: bool) -> Any:
         try:
-            value = self._store.get(store_key, _MISS, strict_verification=strict)
+            if is_held(store_key):
+                # Held by an unsigned process sharing this directory: the signed
+                # store's checks still apply (an unsigned value fails them when strict).
+                record = self._held(key, store_key)
+                value = (
+                    _MISS
+                    if record is None
+                    else self._store.get_record(record, _MISS, strict_verification=strict)
+                )
+            else:
+                value = self._store.get(store_key, _MISS, strict_verification=strict)
         except CacheIntegrityError as exc:
             self._bad_entry(key, store_key, exc)
             return _MISS
@@ -413,8 +425,25 @@ class UnifiedCache(CustomMetadataMixin):
             self._index.remove(key, store_key)
         return value
 
+    def _held(self, key: str, store_key: str) -> EntryRecord | None:
+        index: Any = self._index  # only a SharedSqliteIndex holds values
+        record: EntryRecord | None = index.held_record(key, store_key)
+        return record
+
+    def _value_meta(self, key: str, store_key: str) -> dict[str, Any] | None:
+        """The store's metadata of the value ``store_key`` (wherever it is held)."""
+        if is_held(store_key):
+            record = self._held(key, store_key)
+            return None if record is None else self._store.describe(record)
+        return self._store.get_metadata(store_key)
+
+    def _drop_value(self, store_key: str) -> None:
+        """Delete a replaced or removed value from the store (a held one went with its row)."""
+        if not is_held(store_key):
+            self._store.delete(store_key)
+
     def _bad_entry(self, key: str, store_key: str, exc: CacheIntegrityError) -> None:
-        meta = self._store.get_metadata(store_key)
+        meta = self._value_meta(key, store_key)
         bad_signature = meta is not None and meta.get("signature_valid") is False
         remove = not bad_signature or self.config.security.delete_invalid_signatures
         logger.warning(
@@ -424,7 +453,7 @@ class UnifiedCache(CustomMetadataMixin):
             " and removing it" if remove else "",
         )
         if remove and self._index.remove(key, store_key) is not None:
-            self._store.delete(store_key)
+            self._drop_value(store_key)
             if self._tier is not None:
                 self._tier.pop(key)
 
@@ -432,7 +461,7 @@ class UnifiedCache(CustomMetadataMixin):
         with self._plock:
             self._counts["misses"] += 1
         if self._index.remove(key, store_key, counter="expired") is not None:
-            self._store.delete(store_key)
+            self._drop_value(store_key)
         if self._tier is not None:
             self._tier.pop(key)
 
@@ -442,7 +471,7 @@ class UnifiedCache(CustomMetadataMixin):
             return None
         if row.expires is not None and row.expires <= self._clock():
             if self._index.remove(key, row.store_key, counter="expired") is not None:
-                self._store.delete(row.store_key)
+                self._drop_value(row.store_key)
             return None
         return row
 
@@ -495,9 +524,19 @@ class UnifiedCache(CustomMetadataMixin):
             self._expire(key, row.store_key)
             return None
         try:
-            got = self._store.get_with_metadata(
-                row.store_key, strict_verification=strict_verification
-            )
+            if is_held(row.store_key):
+                record = self._held(key, row.store_key)
+                got = None
+                if record is not None:
+                    value = self._store.get_record(
+                        record, _MISS, strict_verification=strict_verification
+                    )
+                    if value is not _MISS:
+                        got = value, self._store.describe(record)
+            else:
+                got = self._store.get_with_metadata(
+                    row.store_key, strict_verification=strict_verification
+                )
         except CacheIntegrityError as exc:
             self._bad_entry(key, row.store_key, exc)
             got = None
@@ -522,7 +561,7 @@ class UnifiedCache(CustomMetadataMixin):
         row = self._live_row(key)
         if row is None:
             return None
-        store_meta = self._store.get_metadata(row.store_key)
+        store_meta = self._value_meta(key, row.store_key)
         return None if store_meta is None else self._describe(row, store_meta)
 
     def list_entries(self, **filters: Any) -> list[dict[str, Any]]:
@@ -540,7 +579,7 @@ class UnifiedCache(CustomMetadataMixin):
                 continue
             if filters and not filter_matches(row, filters):
                 continue
-            store_meta = self._store.get_metadata(row.store_key)
+            store_meta = self._value_meta(row.key, row.store_key)
             if store_meta is not None:
                 out.append(self._describe(row, store_meta))
         return out
@@ -627,13 +666,13 @@ class UnifiedCache(CustomMetadataMixin):
         if lease is not None and custom is None and isinstance(self._index, SqliteIndex):
             release = functools.partial(_release_lease_sql, lease)
 
-        def index_put(record: EntryRecord) -> None:
+        def index_put(record: EntryRecord, held: bool = False) -> None:
             now = self._clock()
             # Positional (key, store_key, content_hash, size, created, accessed, hits,
             # expires, key_params, description, metadata, inline): cheaper than keywords.
             row = IndexRow(
                 key,
-                store_key,
+                HELD_MARK + store_key if held else store_key,
                 record.content_hash,
                 int(record.size),
                 now,
@@ -644,6 +683,7 @@ class UnifiedCache(CustomMetadataMixin):
                 description,
                 record.metadata,
                 record.inline is not None,
+                record if held else None,
             )
             if custom is None:
                 if release is None:
@@ -655,7 +695,16 @@ class UnifiedCache(CustomMetadataMixin):
             else:
                 done.append((row, self._put_with_custom(row, custom)))
 
-        if isinstance(self._index, SharedSqliteIndex):
+        def hold_put(record: EntryRecord) -> None:
+            index_put(record, True)
+
+        if self._joined:
+            # A small value lives in its index row (one B-tree, one transaction); a
+            # larger one's store entry commits in the index row's transaction.
+            self._store.put_record(
+                data, key=store_key, metadata=metadata, within=index_put, keep_inline=hold_put
+            )
+        elif isinstance(self._index, SharedSqliteIndex):
             # Store entry and index row in one transaction: both or neither.
             self._store.put_record(data, key=store_key, metadata=metadata, within=index_put)
         else:
@@ -679,7 +728,7 @@ class UnifiedCache(CustomMetadataMixin):
                 gen = gen_after if gen_after == gen_before + 1 else gen_before
                 self._tier.put(key, data, store_key, row.expires, gen)
         for old in ([result.replaced] if result.replaced else []) + result.victims:
-            self._store.delete(old)
+            self._drop_value(old)
         if result.victims:
             self._log_eviction(len(result.victims))
         if result.oversized:
@@ -739,7 +788,7 @@ class UnifiedCache(CustomMetadataMixin):
         if old is None:
             self._store.delete(store_key)
             return False
-        self._store.delete(old)
+        self._drop_value(old)
         if self._tier is not None:
             self._tier.pop(key)
         return True
@@ -779,7 +828,7 @@ class UnifiedCache(CustomMetadataMixin):
             self._tier.pop(key)
         if store_key is None:
             return False
-        self._store.delete(store_key)
+        self._drop_value(store_key)
         return True
 
     delete = invalidate
@@ -790,7 +839,7 @@ class UnifiedCache(CustomMetadataMixin):
         self._flush()
         gone = self._index.sweep_expired(self._clock())
         for store_key in gone:
-            self._store.delete(store_key)
+            self._drop_value(store_key)
         self._sweep_orphans(_ORPHAN_GRACE_S)
         if gone and self._tier is not None:
             self._tier.clear()
@@ -818,7 +867,7 @@ class UnifiedCache(CustomMetadataMixin):
         self._flush()
         gone = self._index.clear()
         for store_key in gone:
-            self._store.delete(store_key)
+            self._drop_value(store_key)
         self._sweep_orphans(None)
         if self._tier is not None:
             self._tier.clear()
@@ -832,7 +881,7 @@ class UnifiedCache(CustomMetadataMixin):
         self._check_open()
         gone = self._index.clear(_check_cache_key(prefix))
         for store_key in gone:
-            self._store.delete(store_key)
+            self._drop_value(store_key)
         if self._tier is not None:
             self._tier.clear()
         return len(gone)

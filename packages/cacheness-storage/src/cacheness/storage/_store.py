@@ -327,6 +327,7 @@ class BlobStore:
         metadata: Mapping[str, Any] | None = None,
         *,
         within: Callable[[EntryRecord], None] | None = None,
+        keep_inline: Callable[[EntryRecord], None] | None = None,
     ) -> EntryRecord:
         """:meth:`put`, returning the committed :class:`EntryRecord`.
 
@@ -334,6 +335,12 @@ class BlobStore:
         right after the entry is written, so a caller keeping its own rows in
         the same database commits them atomically with the entry (an exception
         from it rolls the entry back).
+
+        ``keep_inline(record)`` takes a value small enough to live inline
+        (``record.inline`` set) *instead of* the metadata backend: nothing is
+        written to this store, and the caller keeps the record in rows of its
+        own (the cache index does) and loads it later with :meth:`get_record`.
+        Larger values are stored as usual, with ``within``.
         """
         self._check_open()
         if key is not None:
@@ -379,7 +386,12 @@ class BlobStore:
                 else:  # no temp file, or a concurrent gc freed what it became: write again
                     self.blob_backend.put(blob_key, ser.chunks)
 
-            self._commit(record, write_blob, within)
+            if inline is not None and keep_inline is not None:
+                if self._signer is not None:
+                    record.signature = self._signer.sign(record)
+                keep_inline(record)
+            else:
+                self._commit(record, write_blob, within)
         finally:
             if pending is not None:  # deduplicated (or failed): drop the temp file
                 pending.abort()
@@ -650,6 +662,12 @@ class BlobStore:
         """Keys (sorted) starting with ``prefix`` whose user metadata equals ``metadata_filter``."""
         self._check_open()
         return self.metadata_backend.list_keys(prefix, metadata_filter)
+
+    def describe(self, record: EntryRecord) -> dict[str, Any]:
+        """What :meth:`get_metadata` returns, for a record already in hand (one from
+        :meth:`put_record`, kept by its caller)."""
+        self._check_open()
+        return self._describe(record)
 
     def _describe(self, record: EntryRecord) -> dict[str, Any]:
         out: dict[str, Any] = {
