@@ -733,7 +733,10 @@ class BlobStore:
         """The value of ``record`` (from :meth:`put_record` or the metadata backend),
         with every check :meth:`get` makes, without reading the metadata again;
         ``default`` when the entry was deleted and its blob freed meanwhile."""
-        self._check_open()
+        if self._closed:
+            self._check_open()
+        if record.inline is not None:  # no blob to go missing: nothing to retry
+            return self._load(record, strict_verification)[0]
         loaded = self._load_current(record, strict_verification)
         return default if loaded is None else loaded[0]
 
