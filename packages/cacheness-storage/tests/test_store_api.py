@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import json
 import re
 import shutil
@@ -401,3 +402,18 @@ def test_postgres_url_string(postgres_url: str, tmp_path: Path) -> None:
     with BlobStore(tmp_path / "s", backend=postgres_url) as store:
         assert store.list() == ["'; DROP TABLE cacheness_entries; --"]
         assert store.get("'; DROP TABLE cacheness_entries; --") == {"a": 1}
+
+
+def test_keep_inline_hands_small_values_to_the_caller(file_store: BlobStore) -> None:
+    kept: list[Any] = []
+    small = {"a": [1, 2, 3]}
+    record = file_store.put_record(small, key="small", metadata={"m": 1}, keep_inline=kept.append)
+    assert kept == [record] and record.inline is not None and record.blob_key == ""
+    assert file_store.list() == [] and not file_store.exists("small")  # nothing written here
+    assert file_store.get_record(record) == small
+    meta = file_store.describe(record)
+    assert meta["size"] == record.size == len(record.inline)
+    assert meta["metadata"] == {"m": 1} and meta["content_hash"] == record.content_hash
+    big = os.urandom(100_000)  # over the inline limit: stored as usual, the callable not called
+    file_store.put_record(big, key="big", keep_inline=kept.append)
+    assert len(kept) == 1 and file_store.list() == ["big"] and file_store.get("big") == big
