@@ -167,3 +167,15 @@ def test_an_index_table_of_the_old_layout_is_rebuilt(tmp_path: Path) -> None:
         kept = [r[:5] + r[7:] for r in before if r[0] in keys[1:]]
         assert [r[:5] + r[7:] for r in sorted(after)] == kept
         assert all(r[6] == 1 for r in after)
+
+
+def test_a_remembered_held_value_survives_other_writes_in_the_memory_tier(tmp_path: Path) -> None:
+    # The decorator's put hands its result to the memory tier; another key's
+    # overwrite bumps the generation, and the re-check must find the same row.
+    with cacheness(cache_dir=tmp_path, memory_cache_entries=8) as cache:
+        key, _ = cache._put(SMALL, {"item": "a"}, remember=True)
+        cache.put(1, item="b")
+        cache.put(2, item="b")  # an overwrite: the generation goes up
+        assert cache._tier is not None
+        assert cache.get(item="a") is SMALL  # the very object: served by the tier
+        assert key in cache._tier.entries

@@ -2,8 +2,8 @@
 
 Layout of a cache directory::
 
-    metadata.sqlite                   the BlobStore's metadata (one entry per put, small
-                                      values inline) and the cache index tables (see ``_index``)
+    metadata.sqlite                   the BlobStore's metadata and the cache index tables
+                                      (see ``_index``); small unsigned values in the index rows
     metadata.json, cache_index.json   the same with metadata_backend="json"
     blobs/ tmp/                       the BlobStore's content (deduplicated, values > 16 KiB)
     cache_generation                  8 bytes, memory-mapped: the write counter
@@ -11,9 +11,10 @@ Layout of a cache directory::
 A put stores the value in the BlobStore under a fresh store key
 (``<cache key>#<random>``) and commits the index row pointing at it (on
 SQLite in the same transaction as the store entry), and only then deletes
-the value it replaced and any eviction victims. On SQLite a get of a small
-value is one indexed query (index row joined to the store entry); elsewhere
-one lookup in the index plus one ``BlobStore.get``. A directory made before
+the value it replaced and any eviction victims. On SQLite without signing, a
+value that fits inline skips the store: the index row holds it (its store key
+then starts with NUL, ``is_held``), so its put writes one row and its get reads
+one. Elsewhere a get is one lookup in the index plus one ``BlobStore.get``. A directory made before
 the index moved into metadata.sqlite keeps its ``cache_index.sqlite``.
 
 Access times and hit counts are not written on every get: they wait in
@@ -720,13 +721,13 @@ class UnifiedCache(CustomMetadataMixin):
                 self._tier.pop(key)
             elif result.generation is not None:
                 # The row is current at the generation its transaction saw.
-                self._tier.put(key, data, store_key, row.expires, result.generation)
+                self._tier.put(key, data, row.store_key, row.expires, result.generation)
             else:
                 # Our own write bumped the counter once; any other bump in between
                 # leaves the tier entry at gen_before, so the next hit re-checks.
                 gen_after = self._gen.read()
                 gen = gen_after if gen_after == gen_before + 1 else gen_before
-                self._tier.put(key, data, store_key, row.expires, gen)
+                self._tier.put(key, data, row.store_key, row.expires, gen)
         for old in ([result.replaced] if result.replaced else []) + result.victims:
             self._drop_value(old)
         if result.victims:

@@ -4,6 +4,8 @@ The storage layer keeps values and deduplicates content; the index keeps the
 caching semantics. One row per cache key names the store entry holding its
 value (``store_key``, unique per put, so an eviction in one process never
 deletes what another process has just written under the same cache key).
+On the shared SQLite index a small value can live in its row instead (the
+``value*`` columns), with a store key no store entry can have (``is_held``).
 
 Counters (entries, deduplicated bytes, hits, misses, evictions, expirations)
 live in the index and change in the same transaction as the rows they
