@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -179,3 +181,47 @@ def test_a_remembered_held_value_survives_other_writes_in_the_memory_tier(tmp_pa
         assert cache._tier is not None
         assert cache.get(item="a") is SMALL  # the very object: served by the tier
         assert key in cache._tier.entries
+
+
+_OPEN_AND_READ = """
+import sys
+from cacheness import SecurityConfig, cacheness
+sec = SecurityConfig(signing_key=b"k" * 32)
+with cacheness(cache_dir=sys.argv[1], security=sec) as cache:
+    got = [cache.get(item=i) for i in range(3)]
+    assert got == [b"s" * 1000] * 3, got
+    cache.put(b"p" * 10, item=sys.argv[2])
+print("ok")
+"""
+
+
+def test_processes_opening_an_old_layout_at_once_rebuild_it_once(tmp_path: Path) -> None:
+    sec = SecurityConfig(signing_key=b"k" * 32)
+    with cacheness(cache_dir=tmp_path, security=sec, compression="none") as cache:
+        keys = [cache.put(SMALL, item=i) for i in range(3)]
+    with sqlite3.connect(tmp_path / "metadata.sqlite") as conn:
+        conn.executescript(_OLD_LAYOUT)
+        conn.executemany("INSERT INTO side VALUES (?)", [(k,) for k in keys])
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _OPEN_AND_READ, str(tmp_path), f"w{i}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(3)
+    ]
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0 and out.strip() == "ok", err
+    with cacheness(cache_dir=tmp_path, security=sec) as cache:
+        assert [cache.get(item=i) for i in range(3)] == [SMALL] * 3
+        assert [cache.get(item=f"w{i}") for i in range(3)] == [b"p" * 10] * 3
+        assert cache.stats()["entries"] == 6
+    with sqlite3.connect(tmp_path / "metadata.sqlite") as conn:
+        kinds = conn.execute(
+            "SELECT type, name FROM sqlite_master WHERE tbl_name LIKE 'cache_entries%' "
+            "AND type IN ('table', 'trigger')"
+        ).fetchall()
+        assert sorted(kinds) == [("table", "cache_entries"), ("trigger", "side_cleanup")]
+        assert len({r[0] for r in conn.execute("SELECT key FROM side")}) == 3
