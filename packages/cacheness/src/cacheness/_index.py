@@ -44,7 +44,7 @@ from cacheness.storage.backends._rows import (
     loads_json,
     to_micros,
 )
-from cacheness.storage.backends._sqlite import enable_wal
+from cacheness.storage.backends._sqlite import MMAP_BYTES, enable_wal
 from cacheness.storage.errors import CacheBackendError
 
 if TYPE_CHECKING:
@@ -447,7 +447,7 @@ class SqliteIndex(CacheIndex):
             if self.path is not None:
                 enable_wal(conn)
                 conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute("PRAGMA mmap_size=67108864")  # commits ~7 µs cheaper
+                conn.execute(f"PRAGMA mmap_size={MMAP_BYTES}")  # commits ~7 µs cheaper
             _create_schema(conn, self._policy, self._write)
         except sqlite3.Error as exc:
             raise CacheBackendError(
@@ -682,6 +682,8 @@ class SqliteIndex(CacheIndex):
         over_n = 0 if limits.max_entries is None else entries - limits.max_entries
         over_b = 0 if limits.max_bytes is None else size - limits.max_bytes
         evicted = freed_total = 0
+        if over_n <= 0 and over_b <= 0:
+            return  # the usual put
         # Each batch is an indexed range scan from the policy's first victim.
         select = (
             f"SELECT key, store_key, content_hash, size FROM cache_entries WHERE key != ? "
@@ -887,14 +889,9 @@ class SharedSqliteIndex(SqliteIndex):
             raise CacheBackendError("the cache index is closed", backend=self.name)
         return self._backend._conn()
 
-    @contextmanager
-    def _txn(self) -> Iterator[sqlite3.Connection]:
+    def _txn(self) -> Any:
         self._check()
-        try:
-            with self._backend.write_lock() as conn:
-                yield conn
-        except sqlite3.Error as exc:
-            raise CacheBackendError(f"cache index {self.path}: {exc}", backend=self.name) from exc
+        return _SharedTxn(self)
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         with self._guard():
@@ -948,6 +945,33 @@ class SharedSqliteIndex(SqliteIndex):
         # The connections are the store's: it closes them.
         self._closed = True
         self.generation.close()
+
+
+class _SharedTxn:
+    """The store's write transaction, with SQLite errors reported as the index's: a
+    class rather than a generator context manager, ~1.5 µs cheaper on every put."""
+
+    __slots__ = ("_index", "_inner")
+
+    def __init__(self, index: SharedSqliteIndex) -> None:
+        self._index = index
+        self._inner = index._backend.write_lock()
+
+    def __enter__(self) -> sqlite3.Connection:
+        try:
+            conn: sqlite3.Connection = self._inner.__enter__()
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        return conn
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self._inner.__exit__(exc_type, exc, tb)  # commits, or rolls back on an exception
+        if isinstance(exc, sqlite3.Error):
+            raise self._error(exc) from exc
+
+    def _error(self, exc: sqlite3.Error) -> CacheBackendError:
+        index = self._index
+        return CacheBackendError(f"cache index {index.path}: {exc}", backend=index.name)
 
 
 def filter_matches(row: IndexRow, filters: Mapping[str, Any]) -> bool:

@@ -57,7 +57,10 @@ CREATE INDEX IF NOT EXISTS entries_blob ON entries (blob_key) WHERE blob_key != 
 # without waiting (for example while a checkpoint runs).
 _BUSY_TIMEOUT_S = 30.0
 _LOCK_RETRIES = 20
-_MMAP_BYTES = 64 * 1024 * 1024
+# Address space, not memory: SQLite maps at most the file, and the kernel pages it in
+# and out. With 1M small entries (~350 MB) a random get took 10.7 µs mapped whole
+# against 13.5 µs with the first 64 MiB mapped (copies through its page cache).
+MMAP_BYTES = 1024 * 1024 * 1024
 # Forks of this process so far (in the child), so connections notice a fork cheaply.
 _FORKS = [0]
 
@@ -136,7 +139,7 @@ class SqliteMetadataBackend(MetadataBackend):
             enable_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
             # Pages read through a mapping: a commit costs ~7 µs less.
-            conn.execute(f"PRAGMA mmap_size={_MMAP_BYTES}")
+            conn.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
         except sqlite3.Error as exc:
             raise CacheBackendError(
                 f"cannot open metadata database {self.path}: {exc}", backend=self.name
