@@ -409,12 +409,8 @@ class UnifiedCache(CustomMetadataMixin):
             if is_held(store_key):
                 # Held by an unsigned process sharing this directory: the signed
                 # store's checks still apply (an unsigned value fails them when strict).
-                record = self._held(key, store_key)
-                value = (
-                    _MISS
-                    if record is None
-                    else self._store.get_record(record, _MISS, strict_verification=strict)
-                )
+                got = self._held_value(key, store_key, strict)
+                value = _MISS if got is None else got[0]
             else:
                 value = self._store.get(store_key, _MISS, strict_verification=strict)
         except CacheIntegrityError as exc:
@@ -430,6 +426,14 @@ class UnifiedCache(CustomMetadataMixin):
         index: Any = self._index  # only a SharedSqliteIndex holds values
         record: EntryRecord | None = index.held_record(key, store_key)
         return record
+
+    def _held_value(self, key: str, store_key: str, strict: bool) -> tuple[Any, EntryRecord] | None:
+        """The value ``key``'s row holds and its record, with every check a store get
+        makes; None when the row no longer holds the value put as ``store_key``."""
+        record = self._held(key, store_key)
+        if record is None:
+            return None
+        return self._store.get_record(record, strict_verification=strict), record
 
     def _value_meta(self, key: str, store_key: str) -> dict[str, Any] | None:
         """The store's metadata of the value ``store_key`` (wherever it is held)."""
@@ -526,14 +530,8 @@ class UnifiedCache(CustomMetadataMixin):
             return None
         try:
             if is_held(row.store_key):
-                record = self._held(key, row.store_key)
-                got = None
-                if record is not None:
-                    value = self._store.get_record(
-                        record, _MISS, strict_verification=strict_verification
-                    )
-                    if value is not _MISS:
-                        got = value, self._store.describe(record)
+                held = self._held_value(key, row.store_key, strict_verification)
+                got = None if held is None else (held[0], self._store.describe(held[1]))
             else:
                 got = self._store.get_with_metadata(
                     row.store_key, strict_verification=strict_verification

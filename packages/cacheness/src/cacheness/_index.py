@@ -313,17 +313,18 @@ _INSERT_ROW = (
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _NOT_HELD = (None,) * 7
+# A cache_entries table of the layout before values could be held in it.
+_OLD_LAYOUT = (
+    "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'cache_entries' "
+    "AND sql LIKE '%WITHOUT ROWID%'"
+)
 
 
 def _create_schema(conn: sqlite3.Connection, policy: str, write: Any) -> None:
     """Create the index tables (every statement idempotent, so processes opening one
     file at once agree), first rebuilding a ``cache_entries`` made WITHOUT ROWID by
     an older version. ``write(conn)`` is a write-transaction context manager."""
-    (old,) = conn.execute(
-        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'cache_entries' "
-        "AND sql LIKE '%WITHOUT ROWID%'"
-    ).fetchone()
-    if old:
+    if conn.execute(_OLD_LAYOUT).fetchone()[0]:
         with write(conn):
             _rebuild_entries(conn)
     conn.executescript(_SCHEMA)
@@ -334,11 +335,7 @@ def _create_schema(conn: sqlite3.Connection, policy: str, write: Any) -> None:
 def _rebuild_entries(conn: sqlite3.Connection) -> None:
     """Copy a WITHOUT ROWID ``cache_entries`` into the current layout, in the caller's
     transaction; its triggers (custom metadata) are re-created on the new table."""
-    still_old = conn.execute(
-        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'cache_entries' "
-        "AND sql LIKE '%WITHOUT ROWID%'"
-    ).fetchone()[0]
-    if not still_old:
+    if not conn.execute(_OLD_LAYOUT).fetchone()[0]:
         return  # another process rebuilt it while this one waited for the lock
     triggers = [
         r[0]
@@ -838,7 +835,9 @@ class SqliteIndex(CacheIndex):
 
 # What a small get reads, in one query: the index row and, unless the row holds the
 # value itself, the store entry it names; the columns after the first two are
-# LOAD_COLUMNS' (blob_key NULL: the store entry is gone).
+# LOAD_COLUMNS' (blob_key NULL: the store entry is gone). It runs after _HELD_GET
+# found no held value, yet still reads a held one: another process may have
+# overwritten the key in between, and a plain join would take that for a lost entry.
 assert LOAD_COLUMNS == (
     "blob_key", "handler", "codec", "size", "content_hash", "info", "inline_value"
 )  # fmt: skip
