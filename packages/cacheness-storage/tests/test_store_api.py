@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import xxhash
 from cacheness.storage import (
     BlobStore,
     CacheConfigError,
     CacheError,
+    CacheIntegrityError,
     CacheKeyError,
     CacheSerializationError,
     CacheStorageError,
@@ -417,3 +419,63 @@ def test_keep_inline_hands_small_values_to_the_caller(file_store: BlobStore) -> 
     big = os.urandom(100_000)  # over the inline limit: stored as usual, the callable not called
     file_store.put_record(big, key="big", keep_inline=kept.append)
     assert len(kept) == 1 and file_store.list() == ["big"] and file_store.get("big") == big
+
+
+def _fields(record: Any) -> tuple[Any, ...]:
+    return (
+        record.handler,
+        record.codec,
+        record.size,
+        record.content_hash,
+        record.info,
+        record.inline,
+    )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{"a": [1, 2, 3]}, b"raw", "text", list(range(50))],
+    ids=["dict", "bytes", "str", "list"],
+)
+def test_get_inline_loads_what_get_record_loads(file_store: BlobStore, value: Any) -> None:
+    kept: list[Any] = []
+    record = file_store.put_record(value, key="k", keep_inline=kept.append)
+    got = file_store.get_inline("k", *_fields(record))
+    assert got == value and type(got) is type(value)
+    assert got == file_store.get_record(record)
+
+
+def test_get_inline_refuses_tampered_bytes(file_store: BlobStore) -> None:
+    record = file_store.put_record({"a": "x" * 64}, key="k", keep_inline=lambda r: None)
+    handler, codec, size, content_hash, info, data = _fields(record)
+    at = data.index(b"x" * 64) + 10
+    flipped = data[:at] + b"y" + data[at + 1 :]  # same size, still a valid pickle
+    with pytest.raises(CacheIntegrityError):
+        file_store.get_inline("k", handler, codec, size, content_hash, info, flipped)
+    with pytest.raises(CacheIntegrityError):  # another size than recorded
+        file_store.get_inline("k", handler, codec, size, content_hash, info, data + b".")
+    with pytest.raises(CacheIntegrityError):  # not a pickle at all, even with its hash
+        junk = b"\x80\x05junk"
+        file_store.get_inline(
+            "k",
+            handler,
+            codec,
+            len(junk),
+            "xxh3_128:" + xxhash.xxh3_128_hexdigest(junk),
+            info,
+            junk,
+        )
+    assert file_store.get_inline("k", handler, codec, size, content_hash, info, data) == {
+        "a": "x" * 64
+    }
+
+
+def test_get_inline_checks_signatures(tmp_path: Path) -> None:
+    unsigned = BlobStore(tmp_path / "u")
+    record = unsigned.put_record({"a": 1}, key="k", keep_inline=lambda r: None)
+    unsigned.close()
+    with BlobStore(tmp_path / "s", signing_key=b"k" * 32) as signed:
+        # No signature on the fields given: a strict signed store refuses the value.
+        with pytest.raises(CacheIntegrityError):
+            signed.get_inline("k", *_fields(record))
+        assert signed.get_inline("k", *_fields(record), strict_verification=False) == {"a": 1}

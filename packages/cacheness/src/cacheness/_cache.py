@@ -56,7 +56,7 @@ from cacheness._index import (
 from cacheness._keys import make_key, render_params
 from cacheness.storage import BlobStore
 from cacheness.storage.abc import EntryRecord
-from cacheness.storage.backends._rows import load_record
+from cacheness.storage.backends._rows import load_record, loads_json
 from cacheness.storage.errors import (
     CacheConfigError,
     CacheError,
@@ -373,11 +373,15 @@ class UnifiedCache(CustomMetadataMixin):
         return value
 
     def _get_joined(self, key: str, now: float, default: Any, strict: bool) -> Any:
-        """``get`` with the index row and the store entry read in one query."""
+        """``get`` reading the index row, and the store entry only when the row does
+        not hold the value itself."""
         if self._tier is not None:
             gen = self._gen.read()  # before the read: a later write makes the tier re-check
         index: Any = self._index
-        r = index.lookup_entry(key)
+        r = index.lookup_held(key)
+        held = r is None or r[7] is not None
+        if not held:
+            r = index.lookup_entry(key)  # the value is in the store: its entry with the row
         if r is None:
             self._miss()
             return default
@@ -385,17 +389,21 @@ class UnifiedCache(CustomMetadataMixin):
         if expires is not None and expires <= now:
             self._expire(key, store_key)
             return default
-        if r[2] is None:
-            value = _MISS  # the store entry is gone: see _load
-            self._index.remove(key, store_key)
-        else:
-            try:
+        try:
+            if held:
+                value = self._store.get_inline(
+                    key, r[2], r[3], r[4], r[5], loads_json(r[6]), r[7], strict_verification=strict
+                )
+            elif r[2] is None:
+                value = _MISS  # the store entry is gone: see _load
+                self._index.remove(key, store_key)
+            else:
                 value = self._store.get_record(
                     load_record(store_key, r[2:]), _MISS, strict_verification=strict
                 )
-            except CacheIntegrityError as exc:
-                self._bad_entry(key, store_key, exc)
-                value = _MISS
+        except CacheIntegrityError as exc:
+            self._bad_entry(key, store_key, exc)
+            value = _MISS
         if value is _MISS:
             self._miss()
             return default

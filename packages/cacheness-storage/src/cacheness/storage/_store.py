@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import os
+import pickle
 import threading
 import time
 import uuid
@@ -27,6 +28,7 @@ from cacheness.storage.abc import (
     MetadataBackend,
     TypeHandler,
 )
+from cacheness.storage.backends._rows import EPOCH
 from cacheness.storage.errors import (
     BlobNotFoundError,
     CacheConfigError,
@@ -36,6 +38,7 @@ from cacheness.storage.errors import (
     CacheSerializationError,
     CacheStorageError,
 )
+from cacheness.storage.handlers._pickle import PickleHandler
 from cacheness.storage.security._signing import Signer, check_signed_fields, load_signing_key
 
 __all__ = ["BlobStore", "VerifyReport"]
@@ -200,6 +203,7 @@ class BlobStore:
         self._handlers: dict[str, TypeHandler] = {}
         self._codecs: dict[str, Codec] = {}
         self._closed = False
+        self._pickle_is_plain: bool | None = None
 
     # ------------------------------------------------------------ construction
 
@@ -739,6 +743,52 @@ class BlobStore:
             return self._load(record, strict_verification)[0]
         loaded = self._load_current(record, strict_verification)
         return default if loaded is None else loaded[0]
+
+    def get_inline(
+        self,
+        key: str,
+        handler: str,
+        codec: str,
+        size: int,
+        content_hash: str,
+        info: Mapping[str, Any],
+        data: bytes,
+        *,
+        strict_verification: bool = True,
+    ) -> Any:
+        """The value of an inline record a caller holds (see ``put_record(keep_inline=)``)
+        from its fields, with every check :meth:`get_record` makes.
+
+        The same as ``get_record(EntryRecord(...))`` without building the record: a
+        plain pickle on an unsigned store is checked and loaded in place, which is
+        most of the cost of a small get.
+        """
+        if self._closed:
+            self._check_open()
+        if (
+            self._signer is None
+            and handler == "pickle"
+            and codec == "none"
+            and not info
+            and size == len(data)
+            and self._plain_pickle()
+            and (not self.verify_on_read or content_hash == "xxh3_128:" + self._xxh3(data))
+        ):
+            try:
+                return pickle.loads(data)
+            except Exception:  # noqa: BLE001 - the general path below reports it
+                pass
+        record = EntryRecord(
+            key, "", "", handler, codec, size, content_hash, EPOCH, dict(info), {}, None, data
+        )
+        return self._load(record, strict_verification)[0]
+
+    def _plain_pickle(self) -> bool:
+        """Is the handler named "pickle" the built-in one (no plugin replaced it)?"""
+        plain = self._pickle_is_plain
+        if plain is None:
+            plain = self._pickle_is_plain = type(self._handler_named("pickle")) is PickleHandler
+        return plain
 
     def _load_current(
         self, record: EntryRecord, strict: bool
