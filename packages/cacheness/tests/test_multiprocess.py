@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -103,3 +105,32 @@ def test_leases_are_exclusive_across_processes(tmp_path: Path, shared_backend: s
         assert cache._acquire_lease("compute:k", 60) is False
         cache._clock = lambda: 10**10  # the other owner's lease has run out
         assert cache._acquire_lease("compute:k", 60) is True
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_forked_processes_seeded_alike_never_share_a_store_key(tmp_path: Path) -> None:
+    # ML code seeds the global random everywhere. Had store keys come from it, the
+    # child's and the parent's put would pick the same store key, and the parent's
+    # overwrite would free the bytes it had just written.
+    big = os.urandom(200_000)  # over the inline limit: a store entry of its own
+    cache = cacheness(cache_dir=tmp_path)
+    cache.put(b"first", item="x")
+    pid = os.fork()
+    if pid == 0:  # the child: same memory as the parent, the same random state
+        code = 1
+        try:
+            random.seed(0)
+            with cacheness(cache_dir=tmp_path) as child:
+                child.put(big[::-1], item="shared")
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    random.seed(0)
+    cache.put(big, item="shared")
+    assert cache.get(item="shared") == big
+    cache.close()
+    with cacheness(cache_dir=tmp_path) as again:
+        assert again.get(item="shared") == big and again.get(item="x") == b"first"
+        assert again.stats()["entries"] == 2

@@ -31,6 +31,7 @@ import collections
 import functools
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -67,6 +68,14 @@ from cacheness.storage.errors import (
 __all__ = ["UnifiedCache", "cacheness"]
 
 logger = logging.getLogger(__name__)
+# Store-key suffixes: a generator of our own, so random.seed(0) in user code cannot
+# make two processes pick the same store key for one cache key.
+_rng = random.Random()
+if hasattr(os, "register_at_fork"):  # POSIX; elsewhere processes are spawned, not forked
+    os.register_at_fork(after_in_child=_rng.seed)
+_randbits = _rng.getrandbits
+# What _take_pending hands over when nothing waits: indexes only read (or clear) it.
+_NO_PENDING: Final[Pending] = ({}, {})
 
 
 class _Unset:
@@ -188,6 +197,9 @@ class UnifiedCache(CustomMetadataMixin):
         # columns a load reads; a signed store verifies the whole record instead.
         self._joined = isinstance(self._index, SharedSqliteIndex) and self._store._signer is None
         self._limits = Limits(config.max_entries, config.max_bytes, config.eviction_policy)
+        self._default_ttl = (
+            None if config.default_ttl_seconds is None else float(config.default_ttl_seconds)
+        )
         self._tier = (
             _MemoryTier(config.memory_cache_entries) if config.memory_cache_entries else None
         )
@@ -292,7 +304,7 @@ class UnifiedCache(CustomMetadataMixin):
         if not self._ops:
             # Nothing waits (the usual put): skip the lock. A hit counted meanwhile
             # by another thread simply waits for the next flush.
-            return {}, {"hits": 0, "misses": 0}
+            return _NO_PENDING
         with self._plock:
             access, counts = self._access, self._counts
             self._access, self._counts = {}, {"hits": 0, "misses": 0}
@@ -602,7 +614,9 @@ class UnifiedCache(CustomMetadataMixin):
         return float(ttl)
 
     def _new_store_key(self, key: str) -> str:
-        return f"{key}#{os.urandom(8).hex()}"
+        # A private generator, reseeded in a forked child (see _randbits): os.urandom
+        # is a system call per put; the global random is reseeded by user code.
+        return f"{key}#{_randbits(64):016x}"
 
     def put(
         self,
@@ -659,10 +673,13 @@ class UnifiedCache(CustomMetadataMixin):
         index allows it (SQLite), saving the decorator a write. Returns the key and
         whether the lease was released (False: the caller releases it)."""
         params = self._merge_on(key_params, on) if on else key_params
-        key = self._key(cache_key, params, None)
-        self._check_open()
-        expires_in = self._ttl(ttl_seconds)
-        custom = self._prepare_custom_metadata(custom_metadata)
+        key = (
+            make_key(params) if cache_key is None and params else self._key(cache_key, params, None)
+        )
+        if self._closed:
+            self._check_open()
+        expires_in = self._default_ttl if ttl_seconds is _UNSET else self._ttl(ttl_seconds)
+        custom = None if custom_metadata is None else self._prepare_custom_metadata(custom_metadata)
         if description is not None and not isinstance(description, str):
             raise CacheConfigError(f"description must be a str, not {type(description).__name__}")
         rendered = render_params(params) if params else None

@@ -641,7 +641,8 @@ class SqliteIndex(CacheIndex):
             *(_NOT_HELD if row.held is None else _held_values(row.held)),
         )
         with self._txn() as conn:
-            self._flush(conn, pending)
+            if pending[0] or any(pending[1].values()):
+                self._flush(conn, pending)
             old = None
             try:
                 # A new key (the usual put) needs no look at the old row first.

@@ -351,50 +351,51 @@ class BlobStore:
             _check_key(key)
         user_meta = _check_metadata(metadata, key)
         handler, ser = self._serialize(data, key)
-        nbytes = ser.nbytes
+        chunks = ser.chunks
+        one = chunks[0] if len(chunks) == 1 else None
+        # One bytes chunk (every small pickle): measured and hashed without the
+        # general machinery, a few µs of a small put.
+        nbytes = len(one) if type(one) is bytes else ser.nbytes
         pending: BlobWriter | None = None
         if nbytes > self.inline_max and self._hash_while_writing(key, nbytes):
-            pending, content_hash = self._write_hashing(ser.chunks, key)
-        else:
-            content_hash = hash_chunks(ser.chunks, self.hash_algorithm)
-        try:
+            pending, content_hash = self._write_hashing(chunks, key)
             digest = split_hash(content_hash)[1]
+        elif type(one) is bytes and self.hash_algorithm == "xxh3_128":
+            digest = self._xxh3(one)
+            content_hash = "xxh3_128:" + digest
+        else:
+            content_hash = hash_chunks(chunks, self.hash_algorithm)
+            digest = split_hash(content_hash)[1]
+        try:
             if key is None:
                 key = digest if self.content_addressable else uuid.uuid4().hex
             inline: bytes | None = None
             if nbytes <= self.inline_max:
-                chunks = ser.chunks
                 inline = bytes(chunks[0]) if len(chunks) == 1 else b"".join(chunks)
                 blob_key = ""
             else:
                 blob_key = digest if self.content_addressable else uuid.uuid4().hex
+            # Positional (key, blob_key, data_type, handler, codec, size, content_hash,
+            # created_at, info, metadata, signature, inline): cheaper than keywords.
             record = EntryRecord(
-                key=key,
-                blob_key=blob_key,
-                data_type=ser.data_type or handler.name,
-                handler=handler.name,
-                codec=ser.codec,
-                size=nbytes,
-                content_hash=content_hash,
-                created_at=datetime.now(UTC),
-                info=dict(ser.info) if ser.info else {},
-                metadata=user_meta,
-                inline=inline,
-            )
-
-            def write_blob() -> None:
-                nonlocal pending
-                if pending is not None:
-                    writer, pending = pending, None
-                    writer.commit(blob_key)
-                else:  # no temp file, or a concurrent gc freed what it became: write again
-                    self.blob_backend.put(blob_key, ser.chunks)
-
+                key, blob_key, ser.data_type or handler.name, handler.name, ser.codec, nbytes,
+                content_hash, datetime.now(UTC), dict(ser.info) if ser.info else {}, user_meta,
+                None, inline,
+            )  # fmt: skip
             if inline is not None and keep_inline is not None:
                 if self._signer is not None:
                     record.signature = self._signer.sign(record)
                 keep_inline(record)
             else:
+
+                def write_blob() -> None:
+                    nonlocal pending
+                    if pending is not None:
+                        writer, pending = pending, None
+                        writer.commit(blob_key)
+                    else:  # no temp file, or a concurrent gc freed what it became: write again
+                        self.blob_backend.put(blob_key, chunks)
+
                 self._commit(record, write_blob, within)
         finally:
             if pending is not None:  # deduplicated (or failed): drop the temp file
