@@ -44,7 +44,7 @@ from cacheness.storage.backends._rows import (
     loads_json,
     to_micros,
 )
-from cacheness.storage.backends._sqlite import MMAP_BYTES, enable_wal
+from cacheness.storage.backends._sqlite import MMAP_BYTES, enable_wal, rollback
 from cacheness.storage.errors import CacheBackendError
 
 if TYPE_CHECKING:
@@ -954,24 +954,44 @@ class SharedSqliteIndex(SqliteIndex):
 
 
 class _SharedTxn:
-    """The store's write transaction, with SQLite errors reported as the index's: a
-    class rather than a generator context manager, ~1.5 µs cheaper on every put."""
+    """The store's write transaction (joined when one is open, as ``write_lock()``
+    does), with SQLite errors reported as the index's. It drives the backend's
+    connection itself: one object per put instead of two, ~1 µs of a small put."""
 
-    __slots__ = ("_index", "_inner")
+    __slots__ = ("_conn", "_index", "_outer")
 
     def __init__(self, index: SharedSqliteIndex) -> None:
         self._index = index
-        self._inner = index._backend.write_lock()
+        self._outer = False
 
     def __enter__(self) -> sqlite3.Connection:
+        backend = self._index._backend
         try:
-            conn: sqlite3.Connection = self._inner.__enter__()
+            conn = self._conn = backend._conn()
+            local = backend._local
+            if local.depth:  # inside the store's own transaction (a put's ``within``)
+                local.depth += 1
+                return conn
+            backend._begin(conn)
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
+        local.depth = 1
+        self._outer = True
         return conn
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        self._inner.__exit__(exc_type, exc, tb)  # commits, or rolls back on an exception
+        backend = self._index._backend
+        local = backend._local
+        if not self._outer:
+            local.depth -= 1
+        else:
+            try:
+                if exc_type is not None:
+                    rollback(self._conn)
+                else:
+                    backend._commit(self._conn)
+            finally:
+                local.depth = 0
         if isinstance(exc, sqlite3.Error):
             raise self._error(exc) from exc
 

@@ -302,8 +302,8 @@ def _saves(encoded: int, raw: int) -> bool:
 
 def encode_if_smaller(codec: Codec, data: Buffer) -> tuple[Buffer, str]:
     """``(encoded, label)``, or ``(data, "none")`` when compressing does not pay."""
-    n = memoryview(data).nbytes
-    if codec.name == "none" or n < MIN_COMPRESS_VALUE:
+    n = len(data) if type(data) is bytes else memoryview(data).nbytes
+    if n < MIN_COMPRESS_VALUE or codec.name == "none":
         return data, "none"
     if n >= PROBE_MIN_VALUE:
         # Compressing 100 MB of incompressible bytes costs several times writing
@@ -365,7 +365,9 @@ class BufferReader:
         self._view = memoryview(b"")
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__,
+# ~0.5 µs of every small put. Nothing keeps or hashes it after the put.
+@dataclass(slots=True)
 class Serialized:
     """What a handler produced: the blob's chunks and how to read them back.
 

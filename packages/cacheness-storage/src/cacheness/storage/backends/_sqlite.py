@@ -183,7 +183,7 @@ class SqliteMetadataBackend(MetadataBackend):
         except sqlite3.Error as exc:
             # A failed COMMIT leaves the transaction open; close it so the
             # connection stays usable, and report the write as failed.
-            _rollback(conn)
+            rollback(conn)
             raise CacheBackendError(
                 f"{self.path}: could not commit: {exc}", backend=self.name
             ) from exc
@@ -367,14 +367,14 @@ class _Transaction:
             return
         try:
             if exc_type is not None:
-                _rollback(self._conn)
+                rollback(self._conn)
             else:
                 self._backend._commit(self._conn)
         finally:
             local.depth = 0
 
 
-def _rollback(conn: sqlite3.Connection) -> None:
+def rollback(conn: sqlite3.Connection) -> None:
     if conn.in_transaction:
         try:
             conn.execute("ROLLBACK")

@@ -65,7 +65,7 @@ class PickleHandler(TypeHandler):
         data_type = type_name(obj)
         if not buffers:
             data, label = encode_if_smaller(codec, payload)
-            return Serialized(chunks=[data], codec=label, info={}, data_type=data_type)
+            return Serialized([data], label, {}, data_type)
         writer = FrameWriter(plan_for(codec))
         writer.add(payload, 1)
         for raw, itemsize in buffers:
