@@ -639,22 +639,15 @@ class UnifiedCache(CustomMetadataMixin):
         reserved) are not key parameters. With ``cache_key=...`` the key is
         the one given, and the key parameters, if any, are only recorded.
         """
+        # Positional: keywords cost ~0.3 µs of a small put.
         return self._put(
-            data,
-            key_params,
-            ttl_seconds=ttl_seconds,
-            metadata=metadata,
-            description=description,
-            on=on,
-            cache_key=cache_key,
-            custom_metadata=custom_metadata,
+            data, key_params, ttl_seconds, metadata, description, on, cache_key, custom_metadata
         )[0]
 
     def _put(
         self,
         data: Any,
         key_params: dict[str, Any],
-        *,
         ttl_seconds: float | _Unset | None = _UNSET,
         metadata: Mapping[str, Any] | None = None,
         description: str | None = None,
@@ -690,7 +683,11 @@ class UnifiedCache(CustomMetadataMixin):
         if lease is not None and custom is None and isinstance(self._index, SqliteIndex):
             release = functools.partial(_release_lease_sql, lease)
 
-        def index_put(record: EntryRecord, held: bool = False) -> None:
+        joined = self._joined
+
+        def index_put(record: EntryRecord) -> None:
+            # Joined, the store hands over only what it did not write: inline values.
+            held = joined and record.inline is not None
             now = self._clock()
             # Positional (key, store_key, content_hash, size, created, accessed, hits,
             # expires, key_params, description, metadata, inline): cheaper than keywords.
@@ -698,7 +695,7 @@ class UnifiedCache(CustomMetadataMixin):
                 key,
                 HELD_MARK + store_key if held else store_key,
                 record.content_hash,
-                int(record.size),
+                record.size,
                 now,
                 now,
                 0,
@@ -719,14 +716,11 @@ class UnifiedCache(CustomMetadataMixin):
             else:
                 done.append((row, self._put_with_custom(row, custom)))
 
-        def hold_put(record: EntryRecord) -> None:
-            index_put(record, True)
-
-        if self._joined:
+        if joined:
             # A small value lives in its index row (one B-tree, one transaction); a
             # larger one's store entry commits in the index row's transaction.
             self._store.put_record(
-                data, key=store_key, metadata=metadata, within=index_put, keep_inline=hold_put
+                data, key=store_key, metadata=metadata, within=index_put, keep_inline=index_put
             )
         elif isinstance(self._index, SharedSqliteIndex):
             # Store entry and index row in one transaction: both or neither.
@@ -751,9 +745,11 @@ class UnifiedCache(CustomMetadataMixin):
                 gen_after = self._gen.read()
                 gen = gen_after if gen_after == gen_before + 1 else gen_before
                 self._tier.put(key, data, row.store_key, row.expires, gen)
-        for old in ([result.replaced] if result.replaced else []) + result.victims:
-            self._drop_value(old)
+        if result.replaced:
+            self._drop_value(result.replaced)
         if result.victims:
+            for old in result.victims:
+                self._drop_value(old)
             self._log_eviction(len(result.victims))
         if result.oversized:
             logger.warning(
