@@ -66,6 +66,7 @@ R = TypeVar("R")
 
 _MISS: Final = object()
 _RETRY: Final = object()  # an async leader failed: its followers try again themselves
+_LEASED: Final = object()  # this process holds the lease of the key it computes
 _REQUIRED: Final = inspect.Parameter.empty
 _HEADER = b"cacheness-cached\x00v%d\x00" % KEY_VERSION
 _DEFAULT_LEASE_TTL = 30.0
@@ -630,33 +631,17 @@ class CachedFunction(Generic[P, R]):
     ) -> Any:
         if not self._use_lease:
             return self._run(cache, key, args, kwargs)
-        assert self._lease_ttl is not None
-        name, owner, ttl = "cached:" + key, _owner_id(cache), self._lease_ttl
+        lease = _Lease(self, cache, key)
         delay = _POLL_MIN
-        while not cache._acquire_lease(name, ttl, owner):
+        while (got := lease.take()) is _MISS:
             # Another process computes this key: wait for its result, or its lease to expire.
             time.sleep(delay)
             delay = min(delay * 2, _POLL_MAX)
-            value = self._cached_value(cache, key)
-            if value is not _MISS:
-                self._hits += 1
-                return value
-        _keeper.hold(cache, name, owner, ttl)
-        released = False
-        try:
-            # Someone may have stored it between our miss and our lease.
-            value = self._cached_value(cache, key)
-            if value is not _MISS:
-                self._hits += 1
-                return value
+        if got is not _LEASED:
+            return got
+        with lease:
             self._misses += 1
-            result = self._func(*args, **kwargs)
-            released = self._store_leased(cache, key, result, name, owner)
-            return result
-        finally:
-            _keeper.drop(cache, name, owner)
-            if not released:
-                _release(cache, name, owner)
+            return lease.store(self._func(*args, **kwargs))
 
     def _run(
         self, cache: UnifiedCache, key: str, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -681,14 +666,6 @@ class CachedFunction(Generic[P, R]):
             # The caller still gets its result; only the next call pays again.
             logger.warning("result of %s() was not cached: %s (key %s)", self._identity, exc, key)
             return False
-
-    def _store_leased(
-        self, cache: UnifiedCache, key: str, result: Any, name: str, owner: str
-    ) -> bool:
-        # Stop renewing first: a renewal landing after the put's release would
-        # re-create the lease. The lease still has at least 2/3 of its ttl left.
-        _keeper.drop(cache, name, owner)
-        return self._store(cache, key, result, (name, owner))
 
     # -------------------------------------------------------------- extras
 
@@ -788,34 +765,19 @@ class _AsyncCachedFunction(CachedFunction[P, R]):
     ) -> Any:
         if not self._use_lease:
             return await self._arun(cache, key, args, kwargs)
-        assert self._lease_ttl is not None
         import asyncio
 
-        name, owner, ttl = "cached:" + key, _owner_id(cache), self._lease_ttl
+        lease = _Lease(self, cache, key)
         delay = _POLL_MIN
-        while not cache._acquire_lease(name, ttl, owner):
+        while (got := lease.take()) is _MISS:
             await asyncio.sleep(delay)
             delay = min(delay * 2, _POLL_MAX)
-            value = self._cached_value(cache, key)
-            if value is not _MISS:
-                self._hits += 1
-                return value
-        _keeper.hold(cache, name, owner, ttl)
-        released = False
-        try:
-            value = self._cached_value(cache, key)
-            if value is not _MISS:
-                self._hits += 1
-                return value
+        if got is not _LEASED:
+            return got
+        with lease:
             self._misses += 1
             coro: Awaitable[Any] = self._func(*args, **kwargs)
-            result = await coro
-            released = self._store_leased(cache, key, result, name, owner)
-            return result
-        finally:
-            _keeper.drop(cache, name, owner)
-            if not released:
-                _release(cache, name, owner)
+            return lease.store(await coro)
 
     async def _arun(
         self, cache: UnifiedCache, key: str, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -857,6 +819,67 @@ def _release(cache: UnifiedCache, name: str, owner: str) -> None:
     if cache._closed:
         return  # the lease expires by itself
     cache._release_lease(name, owner)
+
+
+class _Lease:
+    """The lease a leading process holds on one key while it computes the value.
+
+    :meth:`take` tries to get it; used as a context manager it is kept alive
+    by the keeper thread, and released at the end unless the put released it.
+    """
+
+    __slots__ = ("_cache", "_fn", "_kept", "_released", "key", "name", "owner")
+
+    def __init__(self, fn: CachedFunction[..., Any], cache: UnifiedCache, key: str) -> None:
+        self._fn, self._cache, self.key = fn, cache, key
+        self.name, self.owner = "cached:" + key, _owner_id(cache)
+        self._kept = self._released = False
+
+    def take(self) -> Any:
+        """_LEASED once this process holds the lease and the value is still not stored;
+        the value when another process stored it (counted as a hit); _MISS: poll again."""
+        fn, cache = self._fn, self._cache
+        assert fn._lease_ttl is not None
+        leased = cache._acquire_lease(self.name, fn._lease_ttl, self.owner)
+        try:
+            # Leased or not, someone may have stored the value since our miss.
+            value = fn._cached_value(cache, self.key)
+        except BaseException:
+            if leased:
+                _release(cache, self.name, self.owner)
+            raise
+        if leased:
+            if value is _MISS:
+                return _LEASED
+            _release(cache, self.name, self.owner)
+        if value is not _MISS:
+            fn._hits += 1
+        return value
+
+    def __enter__(self) -> _Lease:
+        assert self._fn._lease_ttl is not None
+        _keeper.hold(self._cache, self.name, self.owner, self._fn._lease_ttl)
+        self._kept = True
+        return self
+
+    def store(self, result: Any) -> Any:
+        """Cache ``result``, releasing the lease in the same transaction where the index
+        can; ``result``."""
+        self._stop_keeping()
+        self._released = self._fn._store(self._cache, self.key, result, (self.name, self.owner))
+        return result
+
+    def _stop_keeping(self) -> None:
+        # Before the put: a renewal landing after the put's release would re-create
+        # the lease. It still has at least 2/3 of its ttl left.
+        if self._kept:
+            self._kept = False
+            _keeper.drop(self._cache, self.name, self.owner)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop_keeping()
+        if not self._released:
+            _release(self._cache, self.name, self.owner)
 
 
 class _BoundCached:
