@@ -162,7 +162,10 @@ def test_damaged_file_entry_through_open(tmp_path: Path, damage: str) -> None:
                 store.open("f")
             return
         raw = path.read_bytes()
-        path.write_bytes(raw[:1000] if damage == "truncated" else raw[:-1] + b"\x00")
+        # XOR, not a fixed byte: random data may already end in that byte.
+        damaged = raw[:1000] if damage == "truncated" else raw[:-1] + bytes([raw[-1] ^ 0xFF])
+        assert damaged != raw
+        path.write_bytes(damaged)
         with pytest.raises(CacheIntegrityError), store.open("f") as f:
             while f.read(1 << 20):
                 pass

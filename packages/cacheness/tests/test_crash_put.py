@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cacheness import cacheness
-from cacheness._index import is_held
+from cacheness.policy import is_held
 
 KEYS = [f"k{i}" for i in range(5)]
 KILLS = 12

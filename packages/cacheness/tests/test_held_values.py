@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from cacheness import SecurityConfig, cacheness
-from cacheness._index import is_held
+from cacheness.policy import is_held
 
 SMALL = b"s" * 1000
 LARGE = b"L" * 100_000  # over the 16 KiB inline limit: a blob and a store entry

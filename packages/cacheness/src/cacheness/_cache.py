@@ -41,7 +41,8 @@ from typing import Any, Final
 
 from cacheness._config import DEFAULT_MAX_CACHE_SIZE_MB, CacheConfig
 from cacheness._custom_metadata import CustomMetadataMixin
-from cacheness._index import (
+from cacheness._keys import make_key, render_params
+from cacheness.policy import (
     HELD_MARK,
     CacheIndex,
     Generation,
@@ -54,7 +55,6 @@ from cacheness._index import (
     filter_matches,
     is_held,
 )
-from cacheness._keys import make_key, render_params
 from cacheness.storage import BlobStore
 from cacheness.storage.abc import EntryRecord
 from cacheness.storage.backends._rows import load_record, loads_json
@@ -217,16 +217,16 @@ class UnifiedCache(CustomMetadataMixin):
         policy = self.config.eviction_policy
         if "://" in self.config.metadata_backend:
             # A SQLAlchemy URL: the index lives in that database too (a team's PostgreSQL).
-            from cacheness._sql_index import SqlAlchemyIndex
+            from cacheness.policy._sqlalchemy import SqlAlchemyIndex
 
             return SqlAlchemyIndex(self.config.metadata_backend, policy)
         if self.config.metadata_backend == "json":
-            from cacheness._json_index import JsonIndex
+            from cacheness.policy._json import JsonIndex
 
             return JsonIndex(
                 root / "cache_index.json", Generation(root / "cache_generation"), policy
             )
-        from cacheness._index import SqliteIndex
+        from cacheness.policy import SqliteIndex
         from cacheness.storage.backends import SqliteMetadataBackend
 
         if self.config.metadata_backend == "memory":

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from cacheness._config import CacheConfig
     from cacheness._custom_models import CustomMetadataBase, CustomStore
-    from cacheness._index import CacheIndex, IndexRow, Limits, Pending, PutResult
+    from cacheness.policy import CacheIndex, IndexRow, Limits, Pending, PutResult
 
 __all__ = ["CustomMetadataMixin", "meta_matches"]
 

@@ -35,8 +35,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from cacheness._index import CacheIndex, SqliteIndex
-from cacheness._sql_index import CUSTOM_TABLES, SqlAlchemyIndex, index_tables, sqlite_write_events
+from cacheness.policy import CacheIndex, SqliteIndex
+from cacheness.policy._sqlalchemy import (
+    CUSTOM_TABLES,
+    SqlAlchemyIndex,
+    index_tables,
+    sqlite_write_events,
+)
 from cacheness.storage.errors import CacheBackendError, CacheConfigError
 
 if TYPE_CHECKING:

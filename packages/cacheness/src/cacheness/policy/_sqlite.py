@@ -1,41 +1,31 @@
-"""The cache index: key -> (stored entry, expiry, access data), plus counters and leases.
-
-The storage layer keeps values and deduplicates content; the index keeps the
-caching semantics. One row per cache key names the store entry holding its
-value (``store_key``, unique per put, so an eviction in one process never
-deletes what another process has just written under the same cache key).
-On the shared SQLite index a small value can live in its row instead (the
-``value*`` columns), with a store key no store entry can have (``is_held``).
-
-Counters (entries, deduplicated bytes, hits, misses, evictions, expirations)
-live in the index and change in the same transaction as the rows they
-count, so every process sharing the directory sees the same totals.
-
-A generation number goes up with every write that changes or removes an
-existing row (the SQLite index skips it for a put of a new key: no memory
-tier can hold that key, so nothing it holds goes stale). Besides its durable
-copy in the index it is mirrored into an 8-byte memory-mapped file, which the
-in-process memory tier reads (~0.1 µs) on each hit to learn whether any
-process has written since it last checked.
-"""
+"""The index in SQLite: its own file (``SqliteIndex``), or tables inside the
+BlobStore's metadata file on the store's connections (``SharedSqliteIndex``),
+where a put commits the store entry and the index row in one transaction and
+a small value can live in the index row itself."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import mmap
 import os
 import sqlite3
-import struct
 import threading
 import time
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
+from cacheness.policy._base import (
+    COUNTERS,
+    POLICY_ORDER,
+    CacheIndex,
+    Generation,
+    IndexRow,
+    Limits,
+    Pending,
+    PutResult,
+)
 from cacheness.storage.abc import EntryRecord
 from cacheness.storage.backends._rows import (
     LOAD_COLUMNS,
@@ -50,199 +40,9 @@ from cacheness.storage.errors import CacheBackendError
 if TYPE_CHECKING:
     from cacheness.storage.backends import SqliteMetadataBackend
 
-__all__ = [
-    "POLICY_ORDER",
-    "CacheIndex",
-    "HELD_MARK",
-    "Generation",
-    "IndexRow",
-    "Limits",
-    "PutResult",
-    "SharedSqliteIndex",
-    "SqliteIndex",
-    "is_held",
-]
+__all__ = ["SharedSqliteIndex", "SqliteIndex"]
 
 logger = logging.getLogger(__name__)
-
-COUNTERS = ("hits", "misses", "evictions", "expired", "entries", "size_bytes")
-
-#: ORDER BY of each eviction policy: the first row is the first victim.
-POLICY_ORDER: dict[str, tuple[str, ...]] = {
-    "lru": ("accessed", "key"),
-    "lfu": ("hits", "accessed", "key"),
-    "fifo": ("created", "key"),
-}
-
-
-@dataclasses.dataclass(slots=True)
-class IndexRow:
-    key: str
-    store_key: str
-    content_hash: str
-    size: int
-    created: float
-    accessed: float
-    hits: int
-    expires: float | None
-    key_params: dict[str, Any] | None
-    description: str | None
-    metadata: dict[str, Any]
-    #: The value lives in the store's metadata row (not shared with other entries).
-    inline: bool = False
-    #: A small value held in the index row itself, with no store entry (SharedSqliteIndex).
-    held: EntryRecord | None = None
-
-
-#: Store keys of values held in the index row start with NUL, which no store key holds.
-HELD_MARK = "\x00"
-
-
-def is_held(store_key: str) -> bool:
-    """True for the store key of a value held in its index row (nothing in the store)."""
-    return store_key[:1] == HELD_MARK
-
-
-#: The columns an index stores per entry, in order (``inline`` is derived by the SQLite index).
-ROW_FIELDS: tuple[str, ...] = (
-    "key",
-    "store_key",
-    "content_hash",
-    "size",
-    "created",
-    "accessed",
-    "hits",
-    "expires",
-    "key_params",
-    "description",
-    "metadata",
-)
-
-
-@dataclasses.dataclass(slots=True)
-class Limits:
-    max_entries: int | None
-    max_bytes: int | None
-    policy: str
-
-
-@dataclasses.dataclass(slots=True)
-class PutResult:
-    replaced: str | None  # store key of the value this put replaced
-    victims: list[str]  # store keys of evicted entries
-    oversized: bool = False  # the new entry alone is over the size limit
-    #: The generation the put committed at, read inside its transaction (None: unknown).
-    #: The new row is current at this generation: any later change to it bumps it.
-    generation: int | None = None
-
-
-# (hits added, last access time) per key, and counter increments, waiting to be written.
-Pending = tuple[dict[str, list[float]], dict[str, int]]
-
-
-class Generation:
-    """A counter shared by the processes on one machine through a memory-mapped file.
-
-    Without a path it is a plain in-process integer (memory backend).
-    """
-
-    _U64 = struct.Struct("<Q")
-
-    def __init__(self, path: Path | None) -> None:
-        self._value = 0
-        self._mm: mmap.mmap | None = None
-        if path is not None:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                if os.fstat(fd).st_size < 8:
-                    os.ftruncate(fd, 8)
-                self._mm = mmap.mmap(fd, 8)
-            finally:
-                os.close(fd)
-
-    def read(self) -> int:
-        mm = self._mm
-        if mm is None:
-            return self._value
-        value: int = self._U64.unpack_from(mm, 0)[0]
-        return value
-
-    def write(self, value: int) -> None:
-        if self._mm is None:
-            self._value = value
-        elif not self._mm.closed:
-            self._U64.pack_into(self._mm, 0, value)
-
-    def close(self) -> None:
-        if self._mm is not None:
-            self._mm.close()
-
-
-class CacheIndex(ABC):
-    """What the cache needs from its index. Every ``now`` is seconds since the epoch."""
-
-    name: ClassVar[str] = ""
-
-    def __init__(self, generation: Generation) -> None:
-        self.generation = generation
-
-    @abstractmethod
-    def lookup(self, key: str) -> tuple[str, float | None] | None:
-        """``(store_key, expires)`` of ``key``, or None. The hot path."""
-
-    @abstractmethod
-    def row(self, key: str) -> IndexRow | None: ...
-
-    @abstractmethod
-    def rows(self, prefix: str | None = None) -> list[IndexRow]: ...
-
-    @abstractmethod
-    def put(self, row: IndexRow, limits: Limits, pending: Pending) -> PutResult:
-        """Insert or replace ``row``, write ``pending``, then evict to fit ``limits``."""
-
-    @abstractmethod
-    def replace_value(
-        self, key: str, store_key: str, content_hash: str, size: int, now: float
-    ) -> str | None:
-        """Point ``key`` at a new value keeping its expiry and parameters; the old store key."""
-
-    @abstractmethod
-    def remove(
-        self, key: str, store_key: str | None = None, counter: str | None = None
-    ) -> str | None:
-        """Delete ``key`` (only if it still names ``store_key`` when given), bump ``counter``;
-        return the removed row's store key."""
-
-    @abstractmethod
-    def touch(self, key: str, expires: float | None, now: float) -> bool: ...
-
-    @abstractmethod
-    def flush(self, pending: Pending) -> None: ...
-
-    @abstractmethod
-    def sweep_expired(self, now: float) -> list[str]:
-        """Remove every expired row (counted as ``expired``); their store keys."""
-
-    @abstractmethod
-    def clear(self, prefix: str | None = None) -> list[str]:
-        """Remove every row (whose key starts with ``prefix``); their store keys."""
-
-    @abstractmethod
-    def counters(self) -> dict[str, int]: ...
-
-    @abstractmethod
-    def store_keys(self) -> set[str]: ...
-
-    @abstractmethod
-    def acquire_lease(self, name: str, owner: str, ttl: float, now: float) -> bool:
-        """Take (or renew) the lease ``name`` for ``owner`` unless another owner holds
-        an unexpired one."""
-
-    @abstractmethod
-    def release_lease(self, name: str, owner: str) -> bool: ...
-
-    def close(self) -> None:
-        self.generation.close()
 
 
 # ---------------------------------------------------------------------- SQLite
@@ -998,24 +798,3 @@ class _SharedTxn:
     def _error(self, exc: sqlite3.Error) -> CacheBackendError:
         index = self._index
         return CacheBackendError(f"cache index {index.path}: {exc}", backend=index.name)
-
-
-def filter_matches(row: IndexRow, filters: Mapping[str, Any]) -> bool:
-    """Equality on key parameters or user metadata, as ``list_entries(**filters)`` promises."""
-    params = row.key_params or {}
-    for name, want in filters.items():
-        found = False
-        for source in (params, row.metadata):
-            if name in source and _same(source[name], want):
-                found = True
-                break
-        if not found:
-            return False
-    return True
-
-
-def _same(have: Any, want: Any) -> bool:
-    # JSON turns tuples into lists; 1, 1.0 and True must still differ.
-    if isinstance(want, tuple):
-        want = list(want)
-    return type(have) is type(want) and bool(have == want)

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cacheness._index import (
+from cacheness.policy._base import (
     COUNTERS,
     POLICY_ORDER,
     ROW_FIELDS,

@@ -1,6 +1,6 @@
 """The cache index in any database SQLAlchemy reaches (``metadata_backend="postgresql+psycopg://..."``).
 
-Same semantics as :class:`~cacheness._index.SqliteIndex` — one row per cache
+Same semantics as :class:`~cacheness.policy.SqliteIndex` — one row per cache
 key, counters changed in the same transaction as the rows they count,
 eviction inside ``put``, leases, a generation number — written with
 SQLAlchemy Core so a team can share one cache index on PostgreSQL.
@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from cacheness._index import (
+from cacheness.policy._base import (
     COUNTERS,
     POLICY_ORDER,
     ROW_FIELDS,
