@@ -44,8 +44,15 @@ def _open(root: Path, backend: str) -> BlobStore:
     return BlobStore(root, backend=backend, signing_key=SIGNING_KEY)
 
 
+def _app_name(pid: int) -> str:
+    return f"cacheness_crash_{pid}"
+
+
 def _child(root: Path, backend: str, start: int, conn: Connection, seed: int) -> None:
     rnd = random.Random(seed)
+    if backend.startswith("postgresql"):
+        # Named so the parent can wait for this child's server sessions to end.
+        backend += f"&application_name={_app_name(os.getpid())}"
     store = _open(root, backend)
     conn.send(("ready",))
     n = start
@@ -99,6 +106,29 @@ def _expected(state: State) -> tuple[Any, Any]:
     return value, {"n": meta_n}
 
 
+def _wait_for_server_sessions(backend: str, pid: int) -> None:
+    """Block until PostgreSQL has ended every session of the killed child.
+
+    A COMMIT the child sent just before SIGKILL still runs to completion on the
+    server; reading before its session ends could see the old state and later
+    the new one.
+    """
+    if not backend.startswith("postgresql"):
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(backend, poolclass=sqlalchemy.pool.NullPool)
+    query = sqlalchemy.text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :n")
+    try:
+        deadline = time.monotonic() + 30
+        with engine.connect() as conn:
+            while conn.execute(query, {"n": _app_name(pid)}).scalar_one():
+                assert time.monotonic() < deadline, "the killed child's sessions did not end"
+                time.sleep(0.01)
+    finally:
+        engine.dispose()
+
+
 def _kill_loop(root: Path, backend: str, kills: int, seed: int) -> None:
     ctx = multiprocessing.get_context("fork")
     rnd = random.Random(seed)
@@ -118,6 +148,7 @@ def _kill_loop(root: Path, backend: str, kills: int, seed: int) -> None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.join(10)
             assert proc.exitcode == -signal.SIGKILL, proc.exitcode
+            _wait_for_server_sessions(backend, proc.pid)
             messages = []
             while parent_end.poll():
                 try:
