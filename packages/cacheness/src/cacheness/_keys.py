@@ -434,22 +434,39 @@ def value_digest(value: Any, name: str = "value") -> str:
     return xxhash.xxh3_128_hexdigest(encode_value(value, name))
 
 
-# Parameter names repeat (the same functions are called again and again).
+# Parameter names repeat (the same functions are called again and again): each
+# name's encoding, and the hashed prefix of a key with that name alone.
 _name_cache: dict[str, bytes] = {}
+_alone_cache: dict[str, bytes] = {}
+_ONE_PARAM = _KEY_HEADER + _Q.pack(1)
+
+
+def _name_head(name: Any) -> bytes:
+    if type(name) is not str:
+        raise CacheKeyError(f"key parameter names are str, not {type(name).__name__}")
+    head = _enc_str(name)
+    if len(_name_cache) < 10_000:
+        _name_cache[name] = head
+        _alone_cache[name] = _ONE_PARAM + head
+    return head
 
 
 def make_key(params: Mapping[str, Any]) -> str:
     """The cache key (32 hex characters) of a mapping of key parameters."""
+    if len(params) == 1:
+        # The usual call (get(item=...), a one-argument function): nothing to sort.
+        for name, value in params.items():
+            prefix = _alone_cache.get(name) or _ONE_PARAM + _name_head(name)
+            simple = _SIMPLE.get(type(value))
+            return xxhash.xxh3_128_hexdigest(
+                prefix + (simple(value) if simple else encode_value(value, name))
+            )
     parts = []
     names = _name_cache
     for name, value in params.items():
         head = names.get(name)
         if head is None:
-            if type(name) is not str:
-                raise CacheKeyError(f"key parameter names are str, not {type(name).__name__}")
-            head = _enc_str(name)
-            if len(names) < 10_000:
-                names[name] = head
+            head = _name_head(name)
         simple = _SIMPLE.get(type(value))
         parts.append(head + (simple(value) if simple else encode_value(value, name)))
     parts.sort()

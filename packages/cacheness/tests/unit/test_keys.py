@@ -43,6 +43,12 @@ def test_values_of_different_types_give_different_keys(values: list[object]) -> 
     assert len(set(keys)) == len(keys)
 
 
+@pytest.mark.parametrize("params", [{1: "a"}, {1: "a", "b": 2}, {"b": 2, None: 3}])
+def test_parameter_names_must_be_strings(params: dict[Any, Any]) -> None:
+    with pytest.raises(CacheKeyError, match="names are str, not"):
+        make_key(params)
+
+
 def test_dict_and_set_order_do_not_matter() -> None:
     assert k(x={"a": 1, "b": 2}) == k(x={"b": 2, "a": 1})
     assert k(x={3, 1, 2}) == k(x={2, 3, 1})
