@@ -135,15 +135,25 @@ class Generation:
 
     def __init__(self, path: Path | None) -> None:
         self._value = 0
-        self._mm: mmap.mmap | None = None
-        if path is not None:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                if os.fstat(fd).st_size < 8:
-                    os.ftruncate(fd, 8)
-                self._mm = mmap.mmap(fd, 8)
-            finally:
-                os.close(fd)
+        self._path = path
+        self._mm = None if path is None else self._map(path)
+
+    @staticmethod
+    def _map(path: Path) -> mmap.mmap:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if os.fstat(fd).st_size < 8:
+                os.ftruncate(fd, 8)
+            return mmap.mmap(fd, 8)
+        finally:
+            os.close(fd)
+
+    def reopen(self) -> None:
+        """Map the file at the path again (it was deleted or replaced: the old mapping
+        is no longer shared with other processes)."""
+        if self._path is not None:
+            # The old mapping is dropped, not closed: another thread may be reading it.
+            self._mm = self._map(self._path)
 
     def read(self) -> int:
         mm = self._mm

@@ -677,6 +677,23 @@ class SharedSqliteIndex(SqliteIndex):
         self._lock = threading.RLock()  # unused: connections are per thread
         with self._guard():
             _create_schema(backend._conn(), policy, lambda conn: backend.write_lock())
+        backend.on_reopen(self._reopened)
+
+    def _reopened(self, conn: sqlite3.Connection) -> None:
+        """The store's file was deleted or replaced (see ``SqliteMetadataBackend``):
+        make the index tables in it, and move the generation past every value this
+        process has seen, so a memory tier re-checks what it holds."""
+        seen = self.generation.read()
+        self.generation.reopen()
+        with self._guard():
+            _create_schema(conn, self._policy, lambda c: self._backend.write_lock())
+            with self._backend.write_lock() as c:
+                c.execute(
+                    "UPDATE cache_state SET generation = max(generation, ?) + 1 WHERE id = 1",
+                    (seen,),
+                )
+                (gen,) = c.execute("SELECT generation FROM cache_state WHERE id = 1").fetchone()
+        self.generation.write(gen)
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
@@ -772,6 +789,8 @@ class _SharedTxn:
             if local.depth:  # inside the store's own transaction (a put's ``within``)
                 local.depth += 1
                 return conn
+            if time.monotonic() >= backend._next_check:
+                conn = self._conn = backend._check_file()
             backend._begin(conn)
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
