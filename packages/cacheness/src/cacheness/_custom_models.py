@@ -324,10 +324,11 @@ class CustomStore:
     def _triggers(self, conn: Connection, table: Table) -> None:
         q = conn.dialect.identifier_preparer.quote
         t, link = q(table.name), q(LINK_COLUMN)
-        # AFTER INSERT covers the REPLACE of an overwritten key (REPLACE fires no delete
-        # trigger); the new entry's own rows are written after its index row.
-        for event, row in (("DELETE", "OLD"), ("INSERT", "NEW")):
-            trig = q(f"cacheness_{event.lower()}_{table.name}")
+        # An overwrite updates the index row in place, naming ``created`` (update_data and
+        # touch do not: the entry and its rows stay); AFTER INSERT covers the REPLACE of
+        # older versions. The new entry's own rows are written after its index row.
+        for event, row in (("DELETE", "OLD"), ("INSERT", "NEW"), ("UPDATE OF created", "OLD")):
+            trig = q(f"cacheness_{event.split()[0].lower()}_{table.name}")
             conn.exec_driver_sql(
                 f"CREATE TRIGGER IF NOT EXISTS {trig} AFTER {event} ON cache_entries "
                 f"BEGIN DELETE FROM {t} WHERE {link} = {row}.key; END"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -448,3 +449,25 @@ def test_plain_use_does_not_load_sqlalchemy(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_tables_registered_before_in_place_overwrites_get_the_update_trigger(
+    tmp_path: Path, models: ModuleType
+) -> None:
+    root = tmp_path / "c"
+    with cacheness(cache_dir=root) as cache:
+        key = cache.put(1, custom_metadata={"ml_experiments": exp(models, "a")}, i=1)
+    db = root / "metadata.sqlite"
+    with sqlite3.connect(db) as conn:
+        (trig,) = conn.execute(
+            "SELECT name FROM sqlite_master WHERE name LIKE 'cacheness_update_%'"
+        ).fetchone()
+        conn.execute(f'DROP TRIGGER "{trig}"')  # the trigger set of the previous version
+        table = trig[len("cacheness_update_") :]
+    # This process never registers the model: the twin comes from opening the index.
+    with cacheness(cache_dir=root) as cache:
+        assert cache.put("overwrite without custom", i=1) == key
+    with sqlite3.connect(db) as conn:
+        assert conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0] == 0
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    assert trig in names

@@ -112,6 +112,11 @@ _INSERT_ROW = (
     f"INSERT INTO cache_entries ({_ROW_COLS}, {_HELD_COLS}) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_OVERWRITE_ROW = (
+    "UPDATE cache_entries SET "
+    + ", ".join(f"{col} = ?" for col in f"{_ROW_COLS}, {_HELD_COLS}".split(", ")[1:])
+    + " WHERE key = ?"
+)
 _NOT_HELD = (None,) * 7
 # A cache_entries table of the layout before values could be held in it.
 _OLD_LAYOUT = (
@@ -128,8 +133,42 @@ def _create_schema(conn: sqlite3.Connection, policy: str, write: Any) -> None:
         with write(conn):
             _rebuild_entries(conn)
     conn.executescript(_SCHEMA)
+    _twin_update_triggers(conn)
     cols = ", ".join(POLICY_ORDER[policy])
     conn.execute(f"CREATE INDEX IF NOT EXISTS cache_entries_{policy} ON cache_entries ({cols})")
+
+
+_CUSTOM_INSERT = "cacheness_insert_"
+_CUSTOM_UPDATE = "cacheness_update_"
+
+
+def _twin_update_triggers(conn: sqlite3.Connection) -> None:
+    """Give each custom-metadata insert trigger (see ``_custom_models``) its update twin.
+
+    Versions that overwrote a key with INSERT OR REPLACE registered only insert and
+    delete triggers; an overwrite now updates the row in place, which fires neither,
+    so a table registered then would keep the rows of the value overwritten.
+    """
+    found = dict(
+        conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' "
+            "AND tbl_name = 'cache_entries' AND name LIKE 'cacheness\\_%' ESCAPE '\\'"
+        ).fetchall()
+    )
+    for name, sql in found.items():
+        if not name.startswith(_CUSTOM_INSERT):
+            continue
+        twin = _CUSTOM_UPDATE + name[len(_CUSTOM_INSERT) :]
+        if twin in found:
+            continue
+        twin_sql = (
+            sql.replace(name, twin, 1)
+            .replace("AFTER INSERT ON", "AFTER UPDATE OF created ON", 1)
+            .replace("NEW.key", "OLD.key")
+        )
+        if "IF NOT EXISTS" not in twin_sql:
+            twin_sql = twin_sql.replace("CREATE TRIGGER", "CREATE TRIGGER IF NOT EXISTS", 1)
+        conn.execute(twin_sql)
 
 
 def _rebuild_entries(conn: sqlite3.Connection) -> None:
@@ -452,7 +491,9 @@ class SqliteIndex(CacheIndex):
                     "SELECT store_key, content_hash, size FROM cache_entries WHERE key = ?",
                     (row.key,),
                 ).fetchone()
-                conn.execute("INSERT OR REPLACE" + _INSERT_ROW[len("INSERT") :], values)
+                # In place, not INSERT OR REPLACE: the row keeps its rowid, so neither the
+                # key index nor the table's last page is rewritten (~19 µs of an overwrite).
+                conn.execute(_OVERWRITE_ROW, (*values[1:], row.key))
             d_entries, d_size = 1, 0
             if old is not None:
                 d_entries = 0
