@@ -708,10 +708,10 @@ class UnifiedCache(CustomMetadataMixin):
             )
             if custom is None:
                 if release is None:
-                    result = self._index.put(row, self._limits, self._take_pending())
+                    result = self._index.put(row, self._limits, self._take_pending)
                 else:
                     index: Any = self._index
-                    result = index.put(row, self._limits, self._take_pending(), extra=release)
+                    result = index.put(row, self._limits, self._take_pending, extra=release)
                 done.append((row, result))
             else:
                 done.append((row, self._put_with_custom(row, custom)))

@@ -97,7 +97,7 @@ class CustomMetadataMixin:
         """The index put of ``row`` with its custom rows in the same transaction."""
         writer = self._custom_store().writer(row.key, items)
         index: Any = self._index  # SqliteIndex and SqlAlchemyIndex take extra=
-        result: PutResult = index.put(row, self._limits, self._take_pending(), extra=writer)
+        result: PutResult = index.put(row, self._limits, self._take_pending, extra=writer)
         return result
 
     def _close_custom_metadata(self) -> None:

@@ -28,7 +28,7 @@ import mmap
 import os
 import struct
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -192,8 +192,10 @@ class CacheIndex(ABC):
     def rows(self, prefix: str | None = None) -> list[IndexRow]: ...
 
     @abstractmethod
-    def put(self, row: IndexRow, limits: Limits, pending: Pending) -> PutResult:
-        """Insert or replace ``row``, write ``pending``, then evict to fit ``limits``."""
+    def put(self, row: IndexRow, limits: Limits, take_pending: Callable[[], Pending]) -> PutResult:
+        """Insert or replace ``row``, then evict to fit ``limits``. ``take_pending()``
+        hands over the reads counted in memory (see :meth:`flush`); an index calls it
+        at the latest before choosing victims, so the eviction order counts them."""
 
     @abstractmethod
     def replace_value(

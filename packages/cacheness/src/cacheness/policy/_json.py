@@ -16,7 +16,7 @@ import json
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -228,9 +228,9 @@ class JsonIndex(CacheIndex):
         with self._locked() as data:
             self._flush(data, pending)
 
-    def put(self, row: IndexRow, limits: Limits, pending: Pending) -> PutResult:
+    def put(self, row: IndexRow, limits: Limits, take_pending: Callable[[], Pending]) -> PutResult:
         with self._locked() as data:
-            self._flush(data, pending)
+            self._flush(data, take_pending())
             entries = data["entries"]
             old = entries.get(row.key)
             d_entries, d_size = 1, 0

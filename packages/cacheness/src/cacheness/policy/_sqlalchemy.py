@@ -431,7 +431,7 @@ class SqlAlchemyIndex(CacheIndex):
         self,
         row: IndexRow,
         limits: Limits,
-        pending: Pending,
+        take_pending: Callable[[], Pending],
         extra: Callable[[Connection], None] | None = None,
     ) -> PutResult:
         """Insert or replace ``row``; ``extra(connection)`` then runs in the same
@@ -452,7 +452,7 @@ class SqlAlchemyIndex(CacheIndex):
         }
         with self._txn() as txn:
             conn = txn.conn
-            self._flush(txn, pending)
+            self._flush(txn, take_pending())
             old = conn.execute(
                 sa.select(e.c.store_key, e.c.content_hash).where(e.c.key == row.key)
             ).first()
