@@ -1,33 +1,14 @@
 """A cache on a full disk: typed errors, the old values intact, and back to work
-once there is room again. The disk is a 3 MiB tmpfs (mounting one needs root)."""
+once there is room again. The disk is the ``small_disk`` tmpfs of the root conftest."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from cacheness import CacheBackendError, CacheStorageError, cacheness
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    vol = tmp_path / "vol"
-    vol.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(vol)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr!r}")
-    try:
-        yield vol
-    finally:
-        subprocess.run(["umount", str(vol)], check=True)
 
 
 def test_a_value_larger_than_the_free_space(small_disk: Path) -> None:
