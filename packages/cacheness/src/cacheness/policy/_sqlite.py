@@ -152,7 +152,7 @@ def _twin_update_triggers(conn: sqlite3.Connection) -> None:
     found = dict(
         conn.execute(
             "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' "
-            "AND tbl_name = 'cache_entries' AND name LIKE 'cacheness\\_%' ESCAPE '\\'"
+            "AND tbl_name = 'cache_entries' AND name LIKE 'cacheness%'"
         ).fetchall()
     )
     for name, sql in found.items():
