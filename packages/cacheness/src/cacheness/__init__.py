@@ -27,21 +27,21 @@ if TYPE_CHECKING:
     from cacheness._cache import UnifiedCache, cacheness
     from cacheness._config import CacheConfig, SecurityConfig
     from cacheness._custom_models import CustomMetadataBase, custom_metadata_model
-    from cacheness._decorator import CacheInfo, cache_if, cached
     from cacheness._global import get_cache, reset_cache
-    from cacheness._keys import KEY_VERSION
+    from cacheness.decorator import CacheInfo, cache_if, cached
+    from cacheness.keys import KEY_VERSION
     from cacheness.storage.security import VALID_SIGNED_FIELDS
 
 _LAZY: dict[str, tuple[str, str]] = {
     "CacheConfig": ("cacheness._config", "CacheConfig"),
     "CustomMetadataBase": ("cacheness._custom_models", "CustomMetadataBase"),
-    "CacheInfo": ("cacheness._decorator", "CacheInfo"),
-    "KEY_VERSION": ("cacheness._keys", "KEY_VERSION"),
+    "CacheInfo": ("cacheness.decorator", "CacheInfo"),
+    "KEY_VERSION": ("cacheness.keys", "KEY_VERSION"),
     "SecurityConfig": ("cacheness._config", "SecurityConfig"),
     "UnifiedCache": ("cacheness._cache", "UnifiedCache"),
     "VALID_SIGNED_FIELDS": ("cacheness.storage.security", "VALID_SIGNED_FIELDS"),
-    "cache_if": ("cacheness._decorator", "cache_if"),
-    "cached": ("cacheness._decorator", "cached"),
+    "cache_if": ("cacheness.decorator", "cache_if"),
+    "cached": ("cacheness.decorator", "cached"),
     "cacheness": ("cacheness._cache", "cacheness"),
     "custom_metadata_model": ("cacheness._custom_models", "custom_metadata_model"),
     "get_cache": ("cacheness._global", "get_cache"),

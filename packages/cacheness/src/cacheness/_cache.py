@@ -41,7 +41,7 @@ from typing import Any, Final
 
 from cacheness._config import DEFAULT_MAX_CACHE_SIZE_MB, CacheConfig
 from cacheness._custom_metadata import CustomMetadataMixin
-from cacheness._keys import make_key, render_params
+from cacheness.keys import make_key, render_params
 from cacheness.policy import (
     HELD_MARK,
     CacheIndex,

@@ -12,7 +12,7 @@ from typing import Any
 import psutil  # type: ignore[import-untyped, unused-ignore]
 import pytest
 from cacheness import UnifiedCache, cached, cacheness, get_cache, reset_cache
-from cacheness._decorator import _owned
+from cacheness.decorator._owned import _owned
 
 from .conftest import Counter
 

@@ -1,7 +1,7 @@
 """The checked-in table of (key parameters -> key) must never change silently.
 
 A change to the canonical encoding changes keys users already have on disk.
-If a change is deliberate, bump ``KEY_VERSION`` in ``cacheness/_keys.py`` and
+If a change is deliberate, bump ``KEY_VERSION`` in ``cacheness/keys/_key.py`` and
 regenerate the table: ``python packages/cacheness/tests/unit/test_key_stability.py``.
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd  # type: ignore[import-untyped, unused-ignore]
 import pytest
 from cacheness import KEY_VERSION, UnifiedCache
-from cacheness._keys import make_key
+from cacheness.keys import make_key
 
 TABLE = Path(__file__).resolve().parent.parent / "data" / "key_stability.json"
 

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd  # type: ignore[import-untyped, unused-ignore]
 import pytest
 from cacheness import CacheError, CacheKeyError, cacheness
-from cacheness._keys import _file_memo, make_key, render_params
+from cacheness.keys import make_key, render_params
+from cacheness.keys._files import _file_memo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -62,7 +63,7 @@ def test_nesting_is_unambiguous() -> None:
 
 def test_same_key_in_other_processes_with_other_hash_seeds() -> None:
     code = (
-        "from cacheness._keys import make_key;"
+        "from cacheness.keys import make_key;"
         "print(make_key({'s': {'alpha', 'beta', 'gamma'}, 'd': {'z': 1, 'a': frozenset('xyz')}}))"
     )
     keys = {

@@ -1,36 +1,7 @@
-"""``@cached``: persistent memoisation of functions, methods and coroutines.
-
-A decorated function computes the key of a call from its arguments,
-normalised through the function's signature (``f(1)``, ``f(x=1)`` and
-``f(1, y=<default>)`` are one call), looks it up in a cache, and runs the
-body only on a miss. Everything that does not depend on the call (the
-signature, the defaults, the key header, which arguments are ignored) is
-worked out once, when the function is decorated.
-
-Keys: ``<function identity>:<32 hex>``. The identity is the function's
-``module.qualname`` (or ``key_prefix=``), so ``cache_clear()`` removes the
-entries of one function by prefix, and two functions of the same name in
-different modules never share entries. The hash covers the key-encoding
-version, ``version=``, the parameter names and kinds, and each argument's
-canonical encoding (``cacheness._keys``), in parameter order.
-
-Which cache: ``cache_instance=`` when given; with cache options
-(``cache_dir=``, ``memory_cache_entries=``... any ``CacheConfig`` field) a
-cache of the decorator's own, opened on the first call, shared by every
-decorated function with the same options and closed when the last of them is
-garbage-collected or at interpreter exit; otherwise the process-wide
-``get_cache()``. Nothing is opened at decoration time.
-
-Stampedes: concurrent callers of one missing key in a process wait for one
-computation. Processes sharing a cache directory coordinate through a lease
-in the cache index (``lease_ttl_seconds``, renewed while the body runs): the
-others poll for the result, and take over if the creator dies (its lease is
-then no longer renewed and expires).
-"""
+"""The wrapper ``@cached`` returns: keys from arguments, stampede control, cache I/O."""
 
 from __future__ import annotations
 
-import atexit
 import functools
 import inspect
 import logging
@@ -39,15 +10,18 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Final, Generic, NamedTuple, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Final, Generic, NamedTuple, ParamSpec, TypeVar
 
 import xxhash
 
 from cacheness._config import CacheConfig, unknown_option
-from cacheness._keys import _SIMPLE, KEY_VERSION, _Encoder, _Unkeyable
+from cacheness.decorator._leases import _LEASED, _MISS, _keeper, _Lease
+from cacheness.decorator._owned import _owned
+from cacheness.keys import KEY_VERSION
+from cacheness.keys._encoder import _Encoder
+from cacheness.keys._wire import _SIMPLE, _Unkeyable
 from cacheness.storage.errors import (
     CacheConfigError,
-    CacheError,
     CacheKeyError,
     CacheSerializationError,
 )
@@ -57,16 +31,14 @@ if TYPE_CHECKING:
 
     from cacheness._cache import UnifiedCache
 
-__all__ = ["CacheInfo", "CachedFunction", "cache_if", "cached"]
+__all__ = ["CacheInfo", "CachedFunction"]
 
 logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_MISS: Final = object()
 _RETRY: Final = object()  # an async leader failed: its followers try again themselves
-_LEASED: Final = object()  # this process holds the lease of the key it computes
 _REQUIRED: Final = inspect.Parameter.empty
 _HEADER = b"cacheness-cached\x00v%d\x00" % KEY_VERSION
 _DEFAULT_LEASE_TTL = 30.0
@@ -75,17 +47,6 @@ _POLL_MIN, _POLL_MAX = 0.002, 0.1
 # or str, so 1, 1.0 and True, which are equal as dict keys, never meet here).
 _MEMO: dict[Any, bytes] = {}
 _MEMO_MAX = 4096
-
-_DECORATOR_OPTIONS = (
-    "ttl_seconds",
-    "cache_instance",
-    "key_prefix",
-    "ignore",
-    "key_func",
-    "condition",
-    "version",
-    "lease_ttl_seconds",
-)
 
 
 class CacheInfo(NamedTuple):
@@ -105,144 +66,6 @@ class _Unset:
 
 
 _UNSET: Final = _Unset()
-
-
-# ------------------------------------------------------------------ own caches
-
-
-class _OwnedCaches:
-    """Caches the decorator opened itself, one per distinct configuration.
-
-    Each decorated function using one holds a reference (released by a
-    ``weakref.finalize`` when the function is garbage-collected, or at exit);
-    the last release closes the cache, so decorating many functions opens one
-    cache, and nothing stays open once they are gone.
-    """
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.caches: dict[Any, list[Any]] = {}  # key -> [cache, users]
-
-    def acquire(self, key: Any, config: CacheConfig) -> UnifiedCache:
-        from cacheness._cache import UnifiedCache
-
-        with self.lock:
-            slot = self.caches.get(key)
-            if slot is None or slot[0]._closed:
-                users = 0 if slot is None else slot[1]
-                slot = self.caches[key] = [UnifiedCache(config), users]
-            slot[1] += 1
-            return slot[0]  # type: ignore[no-any-return, unused-ignore]
-
-    def release(self, key: Any) -> None:
-        with self.lock:
-            slot = self.caches.get(key)
-            if slot is None:
-                return
-            slot[1] -= 1
-            if slot[1] > 0:
-                return
-            del self.caches[key]
-        slot[0].close()
-
-    def close_all(self) -> None:
-        with self.lock:
-            slots, self.caches = list(self.caches.values()), {}
-        for cache, _ in slots:
-            cache.close()
-
-    def open_count(self) -> int:
-        with self.lock:
-            return sum(1 for cache, _ in self.caches.values() if not cache._closed)
-
-
-_owned = _OwnedCaches()
-atexit.register(_owned.close_all)
-
-
-# --------------------------------------------------------------------- leases
-
-
-class _LeaseKeeper:
-    """One daemon thread renewing the compute leases this process holds.
-
-    A lease lives ``ttl`` seconds unless renewed; it is renewed every
-    ``ttl / 3`` while its body runs, so a long computation keeps it and a
-    crashed one loses it within ``ttl``.
-    """
-
-    _IDLE_EXIT_S = 10.0
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.wake = threading.Condition(self.lock)
-        self.held: dict[tuple[int, str, str], tuple[Any, float, float]] = {}
-        self.thread: threading.Thread | None = None
-        # When the waiting keeper wakes by itself: a lease due later needs no wake-up
-        # (waking the thread on every miss cost ~20 µs of GIL hand-offs).
-        self.wake_at = float("-inf")
-
-    def hold(self, cache: UnifiedCache, name: str, owner: str, ttl: float) -> None:
-        with self.lock:
-            due = time.monotonic() + ttl / 3
-            self.held[(id(cache), name, owner)] = (cache, ttl, due)
-            if self.thread is None or not self.thread.is_alive():
-                self.thread = threading.Thread(
-                    target=self._run, name="cacheness-lease-keeper", daemon=True
-                )
-                self.thread.start()
-            elif due < self.wake_at:
-                self.wake.notify()
-
-    def _wait(self, now: float, timeout: float) -> None:
-        """Wait on ``wake`` (the lock held) for at most ``timeout`` seconds."""
-        self.wake_at = now + timeout
-        try:
-            self.wake.wait(timeout)
-        finally:
-            self.wake_at = float("-inf")
-
-    def drop(self, cache: UnifiedCache, name: str, owner: str) -> None:
-        with self.lock:
-            self.held.pop((id(cache), name, owner), None)
-
-    def _run(self) -> None:
-        idle_since = time.monotonic()
-        while True:
-            with self.lock:
-                now = time.monotonic()
-                if not self.held:
-                    if now - idle_since >= self._IDLE_EXIT_S:
-                        self.thread = None
-                        return
-                    self._wait(now, self._IDLE_EXIT_S)
-                    continue
-                due = [(k, v) for k, v in self.held.items() if v[2] <= now]
-                next_due = min(v[2] for v in self.held.values())
-                if not due:
-                    self._wait(now, max(0.0, next_due - now))
-                    continue
-            for (cid, name, owner), (cache, ttl, _) in due:
-                try:
-                    renewed = cache._acquire_lease(name, ttl, owner)
-                except CacheError as exc:
-                    # The cache was closed under a running computation: nothing to keep.
-                    logger.debug("lease %s not renewed: %s", name, exc)
-                    renewed = False
-                with self.lock:
-                    key = (cid, name, owner)
-                    if key in self.held:
-                        if renewed:
-                            self.held[key] = (cache, ttl, time.monotonic() + ttl / 3)
-                        else:
-                            del self.held[key]
-            idle_since = time.monotonic()
-
-
-_keeper = _LeaseKeeper()
-
-
-# ---------------------------------------------------------------- the wrapper
 
 
 class _Flight:
@@ -810,78 +633,6 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _owner_id(cache: UnifiedCache) -> str:
-    # Unique per computation: two threads of one process are different owners.
-    return f"{cache._owner}:{threading.get_ident()}:{os.urandom(4).hex()}"
-
-
-def _release(cache: UnifiedCache, name: str, owner: str) -> None:
-    if cache._closed:
-        return  # the lease expires by itself
-    cache._release_lease(name, owner)
-
-
-class _Lease:
-    """The lease a leading process holds on one key while it computes the value.
-
-    :meth:`take` tries to get it; used as a context manager it is kept alive
-    by the keeper thread, and released at the end unless the put released it.
-    """
-
-    __slots__ = ("_cache", "_fn", "_kept", "_released", "key", "name", "owner")
-
-    def __init__(self, fn: CachedFunction[..., Any], cache: UnifiedCache, key: str) -> None:
-        self._fn, self._cache, self.key = fn, cache, key
-        self.name, self.owner = "cached:" + key, _owner_id(cache)
-        self._kept = self._released = False
-
-    def take(self) -> Any:
-        """_LEASED once this process holds the lease and the value is still not stored;
-        the value when another process stored it (counted as a hit); _MISS: poll again."""
-        fn, cache = self._fn, self._cache
-        assert fn._lease_ttl is not None
-        leased = cache._acquire_lease(self.name, fn._lease_ttl, self.owner)
-        try:
-            # Leased or not, someone may have stored the value since our miss.
-            value = fn._cached_value(cache, self.key)
-        except BaseException:
-            if leased:
-                _release(cache, self.name, self.owner)
-            raise
-        if leased:
-            if value is _MISS:
-                return _LEASED
-            _release(cache, self.name, self.owner)
-        if value is not _MISS:
-            fn._hits += 1
-        return value
-
-    def __enter__(self) -> _Lease:
-        assert self._fn._lease_ttl is not None
-        _keeper.hold(self._cache, self.name, self.owner, self._fn._lease_ttl)
-        self._kept = True
-        return self
-
-    def store(self, result: Any) -> Any:
-        """Cache ``result``, releasing the lease in the same transaction where the index
-        can; ``result``."""
-        self._stop_keeping()
-        self._released = self._fn._store(self._cache, self.key, result, (self.name, self.owner))
-        return result
-
-    def _stop_keeping(self) -> None:
-        # Before the put: a renewal landing after the put's release would re-create
-        # the lease. It still has at least 2/3 of its ttl left.
-        if self._kept:
-            self._kept = False
-            _keeper.drop(self._cache, self.name, self.owner)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop_keeping()
-        if not self._released:
-            _release(self._cache, self.name, self.owner)
-
-
 class _BoundCached:
     """``obj.method`` of a cached method: calls and keys include ``obj``."""
 
@@ -915,126 +666,3 @@ class _BoundCached:
 
     def __repr__(self) -> str:
         return f"<bound {self.__func__!r} of {self.__self__!r}>"
-
-
-# ---------------------------------------------------------------- decorators
-
-
-def _api_result_ok(result: Any) -> bool:
-    """What ``cached.for_api`` stores: not None, not an error payload, not an HTTP error."""
-    if result is None:
-        return False
-    status = getattr(result, "status_code", None)
-    if isinstance(status, int) and not isinstance(status, bool) and status >= 400:
-        return False
-    if isinstance(result, Mapping):
-        for field in ("error", "errors"):
-            if result.get(field):
-                return False
-    return True
-
-
-def _wrap(func: Any, options: dict[str, Any]) -> Any:
-    if isinstance(func, staticmethod):
-        return staticmethod(_wrap(func.__func__, options))
-    if isinstance(func, classmethod):
-        return classmethod(_wrap(func.__func__, options))
-    if isinstance(func, CachedFunction):
-        raise CacheConfigError(f"{func!r} is already cached")
-    if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
-        raise CacheConfigError(
-            f"{getattr(func, '__qualname__', func)!r} is a generator function: its result is a "
-            "one-shot iterator that cannot be stored. Cache a function that returns a list "
-            "(e.g. list(gen(...))) instead"
-        )
-    if not callable(func):
-        raise CacheConfigError(f"@cached decorates a function, not {type(func).__name__}")
-    decorator = {k: v for k, v in options.items() if k in _DECORATOR_OPTIONS}
-    cache_options = {k: v for k, v in options.items() if k not in _DECORATOR_OPTIONS}
-    if cache_options and decorator.get("cache_instance") is not None:
-        raise CacheConfigError(
-            f"cache options {sorted(cache_options)} and cache_instance= were both given; "
-            "configure the cache you pass instead"
-        )
-    cls: type[CachedFunction[Any, Any]] = (
-        _AsyncCachedFunction if inspect.iscoroutinefunction(func) else CachedFunction
-    )
-    wrapped = cls(func, cache_options=cache_options, **decorator)
-    if cls is _AsyncCachedFunction:
-        _mark_coroutine(wrapped)
-    return wrapped
-
-
-def _mark_coroutine(obj: Any) -> None:
-    """Make ``inspect.iscoroutinefunction`` (3.12+) / ``asyncio.iscoroutinefunction`` true."""
-    mark = getattr(inspect, "markcoroutinefunction", None)
-    if mark is not None:
-        mark(obj)
-        return
-    import asyncio.coroutines
-
-    marker = getattr(asyncio.coroutines, "_is_coroutine", None)
-    if marker is not None:
-        obj._is_coroutine = marker
-
-
-def _check_options(options: Mapping[str, Any]) -> None:
-    valid = list(_DECORATOR_OPTIONS) + CacheConfig.field_names()
-    for name in options:
-        if name not in valid:
-            raise unknown_option(name, valid, "@cached")
-
-
-class _Cached:
-    """``@cached`` / ``@cached(...)``: see :func:`cached`'s module documentation."""
-
-    @overload
-    def __call__(self, func: Callable[P, R], /) -> CachedFunction[P, R]: ...
-
-    @overload
-    def __call__(
-        self, func: None = None, /, **options: Any
-    ) -> Callable[[Callable[P, R]], CachedFunction[P, R]]: ...
-
-    def __call__(self, func: Any = None, /, **options: Any) -> Any:
-        """Cache the results of ``func`` (bare ``@cached``) or make a decorator with options.
-
-        Options: ``ttl_seconds`` (default: the cache's ``default_ttl_seconds``;
-        None: never expires), ``cache_instance`` (default: ``get_cache()``, or a
-        cache of the decorator's own when cache options such as
-        ``cache_dir=...`` are given), ``key_prefix`` (default: the function's
-        ``module.qualname``), ``ignore`` (parameter names left out of the key),
-        ``key_func`` (called with the arguments; its result is the key's
-        content), ``condition`` (``condition(result)`` decides whether a result
-        is stored), ``version`` (changing it makes old results unreachable),
-        ``lease_ttl_seconds`` (how long another process waits for a creator
-        that stopped renewing its lease; None: no cross-process coordination).
-        """
-        _check_options(options)
-        if func is not None:
-            return _wrap(func, options)
-        return lambda f: _wrap(f, options)
-
-    def for_api(self, func: Any = None, /, *, ttl_seconds: float = 21600, **options: Any) -> Any:
-        """A preset for JSON-like API responses: 6 h TTL, the lz4 codec when the decorator
-        opens its own cache, and no caching of ``None``, ``{"error": ...}`` payloads or
-        responses with ``status_code >= 400`` (exceptions are never cached)."""
-        options.setdefault("condition", _api_result_ok)
-        options["ttl_seconds"] = ttl_seconds
-        if any(k not in _DECORATOR_OPTIONS for k in options):
-            options.setdefault("compression", "lz4")
-        return self(func, **options) if func is not None else self(**options)
-
-    def __repr__(self) -> str:
-        return "<cacheness.cached>"
-
-
-cached: Final = _Cached()
-
-
-def cache_if(condition: Callable[[Any], bool], /, **options: Any) -> Any:
-    """``@cache_if(lambda result: ...)``: ``@cached(condition=...)`` under the name the
-    single-package cacheness used."""
-    if not callable(condition):
-        raise CacheConfigError(f"cache_if takes a condition on the result, not {condition!r}")
-    return cached(condition=condition, **options)
