@@ -7,8 +7,11 @@ goes on into the unlinked files, and the memory tier forgets the old values.
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -70,3 +73,38 @@ def test_memory_tier_forgets_when_the_write_that_notices_is_not_a_put(tmp_path: 
         shutil.rmtree(root)
         assert cache.invalidate(item="never put") is False  # a write: it notices
         assert cache.get(item="a") is None
+
+
+def _models() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "cacheness_test_custom_models", Path(__file__).parent / "custom_metadata" / "_models.py"
+    )
+    name = "cacheness_test_custom_models"
+    if name not in sys.modules:
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def test_custom_metadata_follows_a_deleted_folder(tmp_path: Path) -> None:
+    models = _models()
+    root = tmp_path / "cache"
+    with cacheness(cache_dir=root, metadata_backend="sqlite") as cache:
+        exp = models.MLExperiment
+        cache.put(1, custom_metadata={"ml_experiments": exp(model_type="old", accuracy=0.1)}, k=1)
+        assert [r.model_type for r in cache.query_custom("ml_experiments")] == ["old"]
+        shutil.rmtree(root)
+        key = cache.put(
+            2, custom_metadata={"ml_experiments": exp(model_type="new", accuracy=0.2)}, k=2
+        )
+        # The queries read the new file: the old row went with the old folder.
+        found = cache.query_custom("ml_experiments")
+        assert [(r.model_type, r.cache_key) for r in found] == [("new", key)]
+        assert cache.invalidate(k=2) is True  # the new file's trigger removes its row
+        assert cache.query_custom("ml_experiments") == []
+        cache.put(3, custom_metadata={"ml_experiments": exp(model_type="kept", accuracy=0.3)}, k=3)
+    with cacheness(cache_dir=root, metadata_backend="sqlite") as again:
+        assert [r.model_type for r in again.query_custom("ml_experiments")] == ["kept"]
+        assert again.get(k=3) == 3

@@ -204,7 +204,8 @@ class CustomStore:
     database, table creation, the writer used inside ``put`` and queries."""
 
     def __init__(self, index: CacheIndex, backend: str) -> None:
-        self._ready: set[str] = set()
+        # Tables made in this cache's database, by name and table: {tag: (name, model)}.
+        self._ready: dict[str, tuple[str, type[CustomMetadataBase]]] = {}
         self._ready_lock = threading.Lock()
         self._local = threading.local()
         self._pid = os.getpid()
@@ -233,6 +234,9 @@ class CustomStore:
             )
             self._owns_engine = True
             self.raw_sqlite = True
+            backend_of_index = getattr(index, "_backend", None)
+            if backend_of_index is not None:
+                backend_of_index.on_reopen(self._reopened)
         else:
             raise CacheConfigError(
                 f"custom metadata (custom_metadata=, query_custom, session, ...) needs a SQL "
@@ -250,6 +254,15 @@ class CustomStore:
         if conn is None:  # pragma: no cover - only put's writer connects this engine
             raise CacheBackendError("custom metadata writer used outside a put", backend="sqlite")
         return _Borrowed(conn)
+
+    def _reopened(self, conn: sqlite3.Connection) -> None:
+        """The index's file was deleted or replaced while open: pooled query connections
+        still read the old one, and the new one lacks the tables made so far."""
+        self.engine.dispose()
+        with self._ready_lock:
+            made, self._ready = list(self._ready.values()), {}
+        for name, model in made:
+            self.ensure(name, model)
 
     def check_process(self) -> None:
         if self._pid != os.getpid():
@@ -302,7 +315,7 @@ class CustomStore:
                     f"cannot create the table {table.name!r} of custom metadata {name!r}: {exc}",
                     backend=self.engine.dialect.name,
                 ) from exc
-            self._ready.add(tag)
+            self._ready[tag] = (name, model)
 
     def _add_missing_columns(self, conn: Connection, name: str, table: Table) -> None:
         have = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
