@@ -80,6 +80,13 @@ class _Flight:
         self.value: Any = None
 
 
+def _check_seconds(name: str, value: Any) -> None:
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
+    ):
+        raise CacheConfigError(f"{name} must be a number > 0 or None, not {value!r}")
+
+
 def _identity(func: Any, key_prefix: str | None) -> str:
     if key_prefix is not None:
         if not isinstance(key_prefix, str) or not key_prefix or "\x00" in key_prefix:
@@ -145,25 +152,11 @@ class CachedFunction(Generic[P, R]):
             raise CacheConfigError(f"key_func must be callable, not {key_func!r}")
         if condition is not None and not callable(condition):
             raise CacheConfigError(f"condition must be callable, not {condition!r}")
-        if lease_ttl_seconds is not None and (
-            isinstance(lease_ttl_seconds, bool)
-            or not isinstance(lease_ttl_seconds, int | float)
-            or lease_ttl_seconds <= 0
-        ):
-            raise CacheConfigError(
-                f"lease_ttl_seconds must be a number > 0 or None, not {lease_ttl_seconds!r}"
-            )
+        _check_seconds("lease_ttl_seconds", lease_ttl_seconds)
         self._lease_ttl = None if lease_ttl_seconds is None else float(lease_ttl_seconds)
         self._put_kwargs: dict[str, Any] = {"description": self._identity}
         if not isinstance(ttl_seconds, _Unset):
-            if ttl_seconds is not None and (
-                isinstance(ttl_seconds, bool)
-                or not isinstance(ttl_seconds, int | float)
-                or ttl_seconds <= 0
-            ):
-                raise CacheConfigError(
-                    f"ttl_seconds must be a number > 0 or None, not {ttl_seconds!r}"
-                )
+            _check_seconds("ttl_seconds", ttl_seconds)
             self._put_kwargs["ttl_seconds"] = ttl_seconds
         self._setup_signature(func, tuple([ignore] if isinstance(ignore, str) else ignore))
         try:
