@@ -19,8 +19,8 @@ the index moved into metadata.sqlite keeps its ``cache_index.sqlite``.
 
 Access times and hit counts are not written on every get: they wait in
 memory and are written in one transaction every ``access_flush_seconds``
-(default 1 s), every 4096 reads, before each put (so eviction sees them), by
-``stats()`` and on ``close()``. LRU/LFU order and hit counts from other
+(default 1 s), every 4096 reads, by a put that evicts (so eviction sees them),
+by ``stats()`` and on ``close()``. LRU/LFU order and hit counts from other
 processes are therefore up to that long out of date; the persisted counters
 lose at most the unwritten part if a process is killed.
 """
