@@ -443,6 +443,10 @@ def test_get_inline_loads_what_get_record_loads(file_store: BlobStore, value: An
     got = file_store.get_inline("k", *_fields(record))
     assert got == value and type(got) is type(value)
     assert got == file_store.get_record(record)
+    # The info as a metadata row holds it (JSON text) loads the same.
+    handler, codec, size, content_hash, info, data = _fields(record)
+    as_text = file_store.get_inline("k", handler, codec, size, content_hash, json.dumps(info), data)
+    assert as_text == value and type(as_text) is type(value)
 
 
 def test_get_inline_refuses_tampered_bytes(file_store: BlobStore) -> None:

@@ -8,8 +8,11 @@ the victims are chosen by up-to-date access data.
 from __future__ import annotations
 
 import sqlite3
+import threading
+from collections import Counter
 from pathlib import Path
 
+import pytest
 from cacheness import cacheness
 
 from .conftest import Clock
@@ -43,3 +46,57 @@ def test_a_put_that_evicts_writes_reads_first(tmp_path: Path, clock: Clock) -> N
         cache.put("c", item="c")  # evicts b, not a
         assert {e["key_params"]["item"] for e in cache.list_entries()} == {"a", "c"}
         assert _hits(tmp_path)[a] == 1
+
+
+def test_metadata_counts_the_hits_still_in_memory(tmp_path: Path) -> None:
+    with cacheness(cache_dir=tmp_path, access_flush_seconds=3600) as cache:
+        a = cache.put("a", item="a")
+        cache.put("b", item="b")
+        for _ in range(3):
+            assert cache.get(item="a") == "a"
+        assert cache.get(item="b") == "b"
+        assert cache.get(item="nope") is None
+        assert _hits(tmp_path)[a] == 0
+        meta = cache.get_metadata(item="a")
+        assert meta is not None and meta["hits"] == 3
+        got = cache.get_with_metadata(item="a")
+        assert got is not None and got[1]["hits"] == 4  # this read included
+        s = cache.stats()
+        assert (s["hits"], s["misses"]) == (5, 1)
+        assert _hits(tmp_path)[a] == 4
+
+
+@pytest.mark.parametrize("flush_seconds", [0.0, 3600.0])
+def test_reads_from_many_threads_are_all_counted(tmp_path: Path, flush_seconds: float) -> None:
+    # flush_seconds=0: every read writes what waits, so the flushes race the
+    # threads' reads; 3600: only every 4096 reads.
+    threads, reads = 4, 2500
+    with cacheness(cache_dir=tmp_path, access_flush_seconds=flush_seconds) as cache:
+        keys = {name: cache.put(name, item=name) for name in ("a", "b", "c")}
+        errors: list[BaseException] = []
+
+        def work(t: int) -> None:
+            try:
+                for i in range(reads):
+                    name = "abc"[(t + i) % 3]
+                    assert cache.get(item=name) == name
+                    if i % 5 == 0:
+                        assert cache.get(item="missing") is None
+            except BaseException as exc:  # reported by the assert below
+                errors.append(exc)
+
+        pool = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+        for th in pool:
+            th.start()
+        for th in pool:
+            th.join()
+        assert errors == []
+        expected = Counter("abc"[(t + i) % 3] for t in range(threads) for i in range(reads))
+        for name, n in expected.items():
+            meta = cache.get_metadata(item=name)
+            assert meta is not None and meta["hits"] == n
+        s = cache.stats()
+        assert s["hits"] == threads * reads
+        assert s["misses"] == threads * len(range(0, reads, 5))
+        on_disk = _hits(tmp_path)
+        assert {name: on_disk[key] for name, key in keys.items()} == dict(expected)

@@ -57,7 +57,7 @@ from cacheness.policy import (
 )
 from cacheness.storage import BlobStore
 from cacheness.storage.abc import EntryRecord
-from cacheness.storage.backends._rows import load_record, loads_json
+from cacheness.storage.backends._rows import load_record
 from cacheness.storage.errors import (
     CacheConfigError,
     CacheError,
@@ -203,10 +203,11 @@ class UnifiedCache(CustomMetadataMixin):
         self._tier = (
             _MemoryTier(config.memory_cache_entries) if config.memory_cache_entries else None
         )
-        self._plock = threading.Lock()
-        self._access: dict[str, list[float]] = {}
-        self._counts: dict[str, int] = {"hits": 0, "misses": 0}
-        self._ops = 0
+        # Reads since the last flush, in order: (key, time) per hit, None per miss.
+        # Counting one is a list append (atomic under the GIL, and per list on
+        # free-threaded builds), so a get takes no lock; _take_pending sums them.
+        self._reads: list[tuple[str, float] | None] = []
+        self._plock = threading.Lock()  # one _take_pending at a time
         self._last_flush = time.monotonic()
         self._flush_s = config.access_flush_seconds
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
@@ -279,38 +280,46 @@ class UnifiedCache(CustomMetadataMixin):
             raise CacheError("this cache is closed; create a new one with cacheness(...)")
 
     def _hit(self, key: str, now: float) -> None:
-        with self._plock:
-            a = self._access.get(key)
-            if a is None:
-                self._access[key] = [1, now]
-            else:
-                a[0] += 1
-                a[1] = now
-            self._counts["hits"] += 1
-            self._ops += 1
-            due = self._ops >= _FLUSH_EVERY
-        if due or time.monotonic() - self._last_flush >= self._flush_s:
+        reads = self._reads
+        reads.append((key, now))
+        if len(reads) >= _FLUSH_EVERY or time.monotonic() - self._last_flush >= self._flush_s:
             self._flush()
 
     def _miss(self) -> None:
-        with self._plock:
-            self._counts["misses"] += 1
-            self._ops += 1
-            due = self._ops >= _FLUSH_EVERY
-        if due or time.monotonic() - self._last_flush >= self._flush_s:
+        reads = self._reads
+        reads.append(None)
+        if len(reads) >= _FLUSH_EVERY or time.monotonic() - self._last_flush >= self._flush_s:
             self._flush()
 
     def _take_pending(self) -> Pending:
-        if not self._ops:
-            # Nothing waits (the usual put): skip the lock. A hit counted meanwhile
-            # by another thread simply waits for the next flush.
-            return _NO_PENDING
+        reads = self._reads
+        if not reads:
+            return _NO_PENDING  # the usual put: nothing waits, no lock taken
+        access: dict[str, list[float]] = {}
+        misses = 0
         with self._plock:
-            access, counts = self._access, self._counts
-            self._access, self._counts = {}, {"hits": 0, "misses": 0}
-            self._ops = 0
+            n = len(reads)
+            batch = reads[:n]
+            # Only the first n go: a read another thread appends meanwhile stays
+            # for the next flush (self._reads is never replaced, so none is lost).
+            del reads[:n]
             self._last_flush = time.monotonic()
-        return access, counts
+            for read in batch:
+                if read is None:
+                    misses += 1
+                    continue
+                key, at = read
+                a = access.get(key)
+                if a is None:
+                    access[key] = [1, at]
+                else:
+                    a[0] += 1
+                    a[1] = at
+        return access, {"hits": n - misses, "misses": misses}
+
+    def _pending_hits(self, key: str) -> int:
+        """Hits of ``key`` counted in this process and not yet written."""
+        return sum(1 for read in self._reads.copy() if read is not None and read[0] == key)
 
     def _flush(self) -> None:
         self._index.flush(self._take_pending())
@@ -360,22 +369,41 @@ class UnifiedCache(CustomMetadataMixin):
         if self._closed:
             self._check_open()
         now = self._clock()
+        gen = 0
         if self._tier is not None:
             value = self._from_tier(key, now)
             if value is not _MISS:
                 return value
-            gen = self._gen.read()
+            gen = self._gen.read()  # before the read: a later write makes the tier re-check
         if self._joined:
-            return self._get_joined(key, now, default, strict_verification)
-        found = self._index.lookup(key)
-        if found is None:
-            self._miss()
-            return default
-        store_key, expires = found
-        if expires is not None and expires <= now:
-            self._expire(key, store_key)
-            return default
-        value = self._load(key, store_key, strict_verification)
+            index: Any = self._index
+            r = index.lookup_held(key)
+            if r is None:
+                self._miss()
+                return default
+            if r[7] is None:
+                return self._get_stored(key, now, default, strict_verification, gen)
+            store_key, expires = r[0], r[1]
+            if expires is not None and expires <= now:
+                self._expire(key, store_key)
+                return default
+            try:
+                value = self._store.get_inline(
+                    key, r[2], r[3], r[4], r[5], r[6], r[7], strict_verification
+                )
+            except CacheIntegrityError as exc:
+                self._bad_entry(key, store_key, exc)
+                value = _MISS
+        else:
+            found = self._index.lookup(key)
+            if found is None:
+                self._miss()
+                return default
+            store_key, expires = found
+            if expires is not None and expires <= now:
+                self._expire(key, store_key)
+                return default
+            value = self._load(key, store_key, strict_verification)
         if value is _MISS:
             self._miss()
             return default
@@ -384,16 +412,11 @@ class UnifiedCache(CustomMetadataMixin):
         self._hit(key, now)
         return value
 
-    def _get_joined(self, key: str, now: float, default: Any, strict: bool) -> Any:
-        """``get`` reading the index row, and the store entry only when the row does
-        not hold the value itself."""
-        if self._tier is not None:
-            gen = self._gen.read()  # before the read: a later write makes the tier re-check
+    def _get_stored(self, key: str, now: float, default: Any, strict: bool, gen: int) -> Any:
+        """``get`` of a key whose index row does not hold its value: the row again,
+        joined to the value's store entry (it may have changed since the first read)."""
         index: Any = self._index
-        r = index.lookup_held(key)
-        held = r is None or r[7] is not None
-        if not held:
-            r = index.lookup_entry(key)  # the value is in the store: its entry with the row
+        r = index.lookup_entry(key)
         if r is None:
             self._miss()
             return default
@@ -401,21 +424,16 @@ class UnifiedCache(CustomMetadataMixin):
         if expires is not None and expires <= now:
             self._expire(key, store_key)
             return default
+        value = _MISS
         try:
-            if held:
-                value = self._store.get_inline(
-                    key, r[2], r[3], r[4], r[5], loads_json(r[6]), r[7], strict_verification=strict
-                )
-            elif r[2] is None:
-                value = _MISS  # the store entry is gone: see _load
-                self._index.remove(key, store_key)
+            if r[2] is None:
+                self._index.remove(key, store_key)  # the store entry is gone: see _load
             else:
                 value = self._store.get_record(
                     load_record(store_key, r[2:]), _MISS, strict_verification=strict
                 )
         except CacheIntegrityError as exc:
             self._bad_entry(key, store_key, exc)
-            value = _MISS
         if value is _MISS:
             self._miss()
             return default
@@ -483,8 +501,7 @@ class UnifiedCache(CustomMetadataMixin):
                 self._tier.pop(key)
 
     def _expire(self, key: str, store_key: str) -> None:
-        with self._plock:
-            self._counts["misses"] += 1
+        self._reads.append(None)  # a miss, written with the next flush
         if self._index.remove(key, store_key, counter="expired") is not None:
             self._drop_value(store_key)
         if self._tier is not None:
@@ -522,9 +539,7 @@ class UnifiedCache(CustomMetadataMixin):
         meta["description"] = row.description
         meta["expires_at"] = _utc(row.expires)
         meta["accessed_at"] = _utc(row.accessed)
-        with self._plock:
-            pending = self._access.get(row.key)
-            meta["hits"] = row.hits + (int(pending[0]) if pending else 0)
+        meta["hits"] = row.hits + self._pending_hits(row.key)
         return meta
 
     def get_with_metadata(

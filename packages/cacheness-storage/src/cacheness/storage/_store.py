@@ -28,7 +28,7 @@ from cacheness.storage.abc import (
     MetadataBackend,
     TypeHandler,
 )
-from cacheness.storage.backends._rows import EPOCH
+from cacheness.storage.backends._rows import EPOCH, loads_json
 from cacheness.storage.errors import (
     BlobNotFoundError,
     CacheConfigError,
@@ -752,13 +752,13 @@ class BlobStore:
         codec: str,
         size: int,
         content_hash: str,
-        info: Mapping[str, Any],
+        info: Mapping[str, Any] | str,
         data: bytes,
-        *,
         strict_verification: bool = True,
     ) -> Any:
         """The value of an inline record a caller holds (see ``put_record(keep_inline=)``)
-        from its fields, with every check :meth:`get_record` makes.
+        from its fields, with every check :meth:`get_record` makes; ``info`` is the
+        record's info or its JSON text as a metadata row holds it.
 
         The same as ``get_record(EntryRecord(...))`` without building the record: a
         plain pickle on an unsigned store is checked and loaded in place, which is
@@ -766,29 +766,36 @@ class BlobStore:
         """
         if self._closed:
             self._check_open()
+        plain = self._pickle_is_plain
+        if plain is None:
+            plain = self._plain_pickle()
         if (
-            self._signer is None
+            plain
             and handler == "pickle"
             and codec == "none"
-            and not info
+            and (info == "{}" or not info)
             and size == len(data)
-            and self._plain_pickle()
             and (not self.verify_on_read or content_hash == "xxh3_128:" + self._xxh3(data))
         ):
             try:
                 return pickle.loads(data)
             except Exception:  # noqa: BLE001 - the general path below reports it
                 pass
+        fields = loads_json(info) if isinstance(info, str) else dict(info or {})
         record = EntryRecord(
-            key, "", "", handler, codec, size, content_hash, EPOCH, dict(info), {}, None, data
+            key, "", "", handler, codec, size, content_hash, EPOCH, fields, {}, None, data
         )
         return self._load(record, strict_verification)[0]
 
     def _plain_pickle(self) -> bool:
-        """Is the handler named "pickle" the built-in one (no plugin replaced it)?"""
+        """Can an inline value be loaded with ``pickle.loads`` after its hash check: an
+        unsigned store whose handler named "pickle" is the built-in one (no plugin
+        replaced it)?"""
         plain = self._pickle_is_plain
         if plain is None:
-            plain = self._pickle_is_plain = type(self._handler_named("pickle")) is PickleHandler
+            plain = self._pickle_is_plain = (
+                self._signer is None and type(self._handler_named("pickle")) is PickleHandler
+            )
         return plain
 
     def _load_current(

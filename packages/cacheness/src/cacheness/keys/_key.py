@@ -37,6 +37,7 @@ RESERVED_NAMES = frozenset(
 # name's encoding, and the hashed prefix of a key with that name alone.
 _name_cache: dict[str, bytes] = {}
 _alone_cache: dict[str, bytes] = {}
+_alone_str_cache: dict[str, bytes] = {}  # the same followed by the str tag
 _ONE_PARAM = _KEY_HEADER + _Q.pack(1)
 
 
@@ -47,6 +48,7 @@ def _name_head(name: Any) -> bytes:
     if len(_name_cache) < 10_000:
         _name_cache[name] = head
         _alone_cache[name] = _ONE_PARAM + head
+        _alone_str_cache[name] = _ONE_PARAM + head + b"s"
     return head
 
 
@@ -55,6 +57,10 @@ def make_key(params: Mapping[str, Any]) -> str:
     if len(params) == 1:
         # The usual call (get(item=...), a one-argument function): nothing to sort.
         for name, value in params.items():
+            if type(value) is str:  # get(item="...") and friends: _enc_str inlined
+                prefix = _alone_str_cache.get(name) or _ONE_PARAM + _name_head(name) + b"s"
+                data = value.encode("utf-8", "surrogatepass")
+                return xxhash.xxh3_128_hexdigest(prefix + _Q.pack(len(data)) + data)
             prefix = _alone_cache.get(name) or _ONE_PARAM + _name_head(name)
             simple = _SIMPLE.get(type(value))
             return xxhash.xxh3_128_hexdigest(
