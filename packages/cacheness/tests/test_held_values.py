@@ -84,21 +84,37 @@ def test_eviction_and_expiry_of_held_values(tmp_path: Path) -> None:
         assert len(_rows(tmp_path)) == 2  # "ttl" removed; it evicted item 2 when put
 
 
+@pytest.mark.parametrize(
+    "value", [SMALL, {"payload": "p" * 1000, "n": 7}], ids=["bytes-handler", "plain-pickle"]
+)
 def test_a_tampered_held_value_is_a_logged_miss_and_removed(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, value: object
 ) -> None:
     with cacheness(cache_dir=tmp_path, compression="none") as cache:
-        cache.put(SMALL, item="a")
-        cache.put(SMALL, item="b")
+        names = ("a", "b", "c", "d")
+        for name in names:
+            cache.put(value, item=name)
+        keys = [cache.cache_key(item=name) for name in names]
         with sqlite3.connect(tmp_path / "metadata.sqlite") as conn:
-            keys = [cache.cache_key(item="a"), cache.cache_key(item="b")]
-            conn.execute("UPDATE cache_entries SET value = ? WHERE key = ?", (b"x" * 1000, keys[0]))
+            (data,) = conn.execute(
+                "SELECT value FROM cache_entries WHERE key = ?", (keys[0],)
+            ).fetchone()
+            at = len(data) // 2
+            flipped = data[:at] + bytes([data[at] ^ 1]) + data[at + 1 :]
+            conn.execute("UPDATE cache_entries SET value = ? WHERE key = ?", (flipped, keys[0]))
             conn.execute("UPDATE cache_entries SET value = ? WHERE key = ?", (b"x" * 7, keys[1]))
+            conn.execute("UPDATE cache_entries SET size = size + 1 WHERE key = ?", (keys[2],))
         with caplog.at_level(logging.WARNING, logger="cacheness"):
             assert cache.get(item="a") is None  # same size: the hash catches it
             assert cache.get(item="b") is None  # another size
+            # The bytes intact (their hash says so), only the recorded size off: served.
+            assert cache.get(item="c") == value
+        assert cache.get(item="d") == value
         assert caplog.text.count("could not be read") == 2
-        assert cache.stats()["entries"] == 0 and _rows(tmp_path) == []
+        corrupt = [r.getMessage() for r in caplog.records if "stored content" in r.getMessage()]
+        assert len(corrupt) == 2  # once per bad value, not once per read attempt
+        assert cache.stats()["entries"] == 2
+        assert [r[0] for r in _rows(tmp_path)] == sorted(keys[2:])
 
 
 def test_a_signed_cache_refuses_an_unsigned_held_value(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import json
 import logging
 import os
 import random
@@ -203,6 +204,9 @@ class UnifiedCache(CustomMetadataMixin):
         self._tier = (
             _MemoryTier(config.memory_cache_entries) if config.memory_cache_entries else None
         )
+        # A get reads only a held value and its format (lookup_value); the tier
+        # needs the whole row (store key, expiry) to remember what it read.
+        self._value_get = self._joined and self._tier is None
         # Reads since the last flush, in order: (key, time) per hit, None per miss.
         # Counting one is a list append (atomic under the GIL, and per list on
         # free-threaded builds), so a get takes no lock; _take_pending sums them.
@@ -369,6 +373,34 @@ class UnifiedCache(CustomMetadataMixin):
         if self._closed:
             self._check_open()
         now = self._clock()
+        if self._value_get:
+            r = self._index.lookup_value(key, now)  # type: ignore[attr-defined]
+            if r is None:
+                self._miss()
+                return default
+            fmt = r[2]
+            if fmt != "":  # the row holds a live value
+                try:
+                    if fmt is None:
+                        value = self._store.get_inline(
+                            key, "pickle", "none", len(r[1]), r[0], "{}", r[1], strict_verification
+                        )
+                    else:
+                        handler, codec, size, info = json.loads(fmt)
+                        value = self._store.get_inline(
+                            key, handler, codec, size, r[0], info, r[1], strict_verification
+                        )
+                except CacheIntegrityError as exc:
+                    row = self._index.lookup_held(key)  # type: ignore[attr-defined]
+                    if row is not None and row[5] == r[0] and row[7] == r[1]:
+                        self._bad_entry(key, row[0], exc)  # still the value that failed
+                        self._miss()
+                        return default
+                    # Replaced meanwhile: what the row holds now is read below.
+                else:
+                    self._hit(key, now)
+                    return value
+            # Expired, in the store or damaged: the whole row decides.
         gen = 0
         if self._tier is not None:
             value = self._from_tier(key, now)

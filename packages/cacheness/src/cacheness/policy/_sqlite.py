@@ -703,6 +703,20 @@ _HELD_GET = (
     "value FROM cache_entries WHERE key = ?"
 )
 
+# A get without the memory tier reads less: each result column costs ~0.1 µs, as
+# much as the B-tree search. (value_hash, value, format): format None when the row
+# holds a live plain pickle (handler "pickle", codec "none", no info, its recorded
+# size), a JSON array [handler, codec, size, info] when it holds another live value,
+# and '' when the value is in the store or expired at ?1.
+_VALUE_GET = (
+    "SELECT value_hash, value, CASE "
+    "WHEN value IS NULL OR expires <= ?1 THEN '' "
+    "WHEN value_handler = 'pickle' AND value_codec = 'none' AND value_info = '{}' "
+    "AND size = length(value) THEN NULL "
+    "ELSE json_array(value_handler, value_codec, size, value_info) END "
+    "FROM cache_entries WHERE key = ?2"
+)
+
 
 class SharedSqliteIndex(SqliteIndex):
     """The index tables inside the BlobStore's own SQLite file, on its connections.
@@ -777,6 +791,15 @@ class SharedSqliteIndex(SqliteIndex):
             self._check()
         try:
             return self._backend._conn().execute(_HELD_GET, (key,)).fetchone()
+        except sqlite3.Error as exc:
+            raise CacheBackendError(f"cache index: {exc}", key=key, backend=self.name) from exc
+
+    def lookup_value(self, key: str, now: float) -> Any:
+        """``(content_hash, value, format)`` of ``key``'s row (see ``_VALUE_GET``), or None."""
+        if self._closed:
+            self._check()
+        try:
+            return self._backend._conn().execute(_VALUE_GET, (now, key)).fetchone()
         except sqlite3.Error as exc:
             raise CacheBackendError(f"cache index: {exc}", key=key, backend=self.name) from exc
 
