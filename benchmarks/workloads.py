@@ -7,6 +7,7 @@ it afterwards, and checks every value read back against the value written.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import logging
@@ -17,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from benchmarks import adapters
@@ -125,6 +127,11 @@ def small_value(i: int) -> dict[str, Any]:
     }
 
 
+# Systems take turns every this many operations, so a machine whose speed drifts
+# (a shared VM) slows them all alike and the ratios between them hold.
+_TURN = 25
+
+
 def run_small(plan: Plan, work: Workdir) -> list[Row]:
     coll = Collector("small")
     workload = "1 KB dict"
@@ -133,65 +140,97 @@ def run_small(plan: Plan, work: Workdir) -> list[Row]:
     values = [small_value(i) for i in range(n)]
     systems = _available(coll, workload, SMALL_SYSTEMS, adapters.make_store)
     for rep in range(plan.reps):
-        for name in rotate(systems, rep):
-            if coll.failed(workload, name):
-                continue
-            adapter = adapters.make_store(name)
-            try:
-                with work.fresh(name) as path:
+        with contextlib.ExitStack() as stack:
+            opened: dict[str, tuple[adapters.StoreAdapter, Path]] = {}
+            for name in rotate(systems, rep):
+                if coll.failed(workload, name):
+                    continue
+                adapter = adapters.make_store(name)
+                try:
+                    path = stack.enter_context(work.fresh(name))
                     adapter.open(path)
-                    try:
-                        puts, gets, again = _small_pass(
-                            adapter, keys, values, coll, workload, name, plan.phase_budget_s
-                        )
-                        size = dir_bytes(path) / len(puts)
-                    finally:
-                        adapter.close()
-            except Exception as exc:
-                coll.fail(workload, name, adapter.kind, exc)
-                continue
-            kind = adapter.kind
-            cut = f"time budget: {len(puts)} of {n} ops" if len(puts) < n else ""
-            coll.add(workload, "put", "µs/op", "lower", name, kind, statistics.median(puts), cut)
-            coll.add(workload, "get", "µs/op", "lower", name, kind, statistics.median(gets))
-            coll.add(
-                workload, "get (repeat)", "µs/op", "lower", name, kind, statistics.median(again)
-            )
-            coll.add(workload, "disk per entry", "bytes", "lower", name, kind, size, adapter.notes)
+                except Exception as exc:
+                    coll.fail(workload, name, adapter.kind, exc)
+                    continue
+                stack.callback(adapter.close)
+                opened[name] = (adapter, path)
+            timings = _small_turns(opened, keys, values, coll, workload, plan.phase_budget_s)
+            for name, (puts, gets, again) in timings.items():
+                adapter, path = opened[name]
+                kind = adapter.kind
+                size = dir_bytes(path) / len(puts)
+                cut = f"time budget: {len(puts)} of {n} ops" if len(puts) < n else ""
+                coll.add(
+                    workload, "put", "µs/op", "lower", name, kind, statistics.median(puts), cut
+                )
+                coll.add(workload, "get", "µs/op", "lower", name, kind, statistics.median(gets))
+                coll.add(
+                    workload, "get (repeat)", "µs/op", "lower", name, kind, statistics.median(again)
+                )
+                coll.add(
+                    workload, "disk per entry", "bytes", "lower", name, kind, size, adapter.notes
+                )
     return coll.rows()
 
 
-def _small_pass(
-    adapter: adapters.StoreAdapter,
+def _small_turns(
+    opened: dict[str, tuple[adapters.StoreAdapter, Path]],
     keys: list[str],
     values: list[dict[str, Any]],
     coll: Collector,
     workload: str,
-    name: str,
     budget_s: float,
-) -> tuple[list[float], list[float], list[float]]:
+) -> dict[str, tuple[list[float], list[float], list[float]]]:
+    """Put every key, then get them all twice in a shuffled order, each system
+    taking ``_TURN`` operations in turn; a system stops putting when its time
+    budget is spent (and reads what it put). Per-op times in µs by system."""
     clock = time.perf_counter_ns
-    puts = []
-    deadline = clock() + int(budget_s * 1e9)
-    for key, value in zip(keys, values, strict=True):
-        t0 = clock()
-        adapter.put(key, value)
-        puts.append(_us(clock() - t0))
-        if t0 > deadline and len(puts) >= 20:
-            break
-    order = list(range(len(puts)))
+    puts: dict[str, list[float]] = {name: [] for name in opened}
+    spent = dict.fromkeys(opened, 0)
+    live = list(opened)
+    for start in range(0, len(keys), _TURN):
+        for name in rotate(live, start // _TURN):
+            adapter = opened[name][0]
+            times = puts[name]
+            try:
+                for i in range(start, min(start + _TURN, len(keys))):
+                    t0 = clock()
+                    adapter.put(keys[i], values[i])
+                    took = clock() - t0
+                    times.append(_us(took))
+                    spent[name] += took
+            except Exception as exc:
+                coll.fail(workload, name, adapter.kind, exc)
+                live.remove(name)
+                continue
+            if spent[name] > budget_s * 1e9 and len(times) >= 20:
+                live.remove(name)
+    ok = [name for name in opened if not coll.failed(workload, name)]
+    order = list(range(len(keys)))
     random.Random(7).shuffle(order)
-    passes: list[list[float]] = []
-    for _ in range(2):
-        times = []
-        for i in order:
-            key = keys[i]
-            t0 = clock()
-            got = adapter.get(key)
-            times.append(_us(clock() - t0))
-            coll.check(workload, name, same(values[i], got))
-        passes.append(times)
-    return puts, passes[0], passes[1]
+    passes: dict[str, list[list[float]]] = {name: [[], []] for name in ok}
+    for p in range(2):
+        for start in range(0, len(order), _TURN):
+            for name in rotate(ok, start // _TURN):
+                if coll.failed(workload, name):
+                    continue
+                adapter = opened[name][0]
+                times = passes[name][p]
+                try:
+                    for i in order[start : start + _TURN]:
+                        if i >= len(puts[name]):
+                            continue  # not put: its budget ran out first
+                        t0 = clock()
+                        got = adapter.get(keys[i])
+                        times.append(_us(clock() - t0))
+                        coll.check(workload, name, same(values[i], got))
+                except Exception as exc:
+                    coll.fail(workload, name, adapter.kind, exc)
+    return {
+        name: (puts[name], *passes[name])
+        for name in ok
+        if not coll.failed(workload, name) and puts[name]
+    }
 
 
 # --------------------------------------------------------------------------- decorator

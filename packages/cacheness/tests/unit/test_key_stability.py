@@ -55,6 +55,10 @@ def _cases() -> dict[str, dict[str, Any]]:
         "nan": {"x": float("nan")},
         "inf": {"x": float("-inf")},
         "unicode": {"name": "zürich ✓ 日本"},
+        "str_empty": {"s": ""},
+        "str_255_bytes": {"s": "é" * 127 + "x"},
+        "str_long": {"s": "x" * 300},
+        "str_surrogate": {"s": "a\ud800b"},  # a lone surrogate (from os.fsdecode, say)
         "bytes": {"b": b"\x00\x01abc"},
         "list": {"xs": [1, 2, 3]},
         "tuple": {"xs": (1, 2, 3)},

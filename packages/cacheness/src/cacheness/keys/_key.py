@@ -39,6 +39,7 @@ _name_cache: dict[str, bytes] = {}
 _alone_cache: dict[str, bytes] = {}
 _alone_str_cache: dict[str, bytes] = {}  # the same followed by the str tag
 _ONE_PARAM = _KEY_HEADER + _Q.pack(1)
+_SHORT_LENGTHS = [_Q.pack(n) for n in range(256)]  # a list index is faster than a pack
 
 
 def _name_head(name: Any) -> bytes:
@@ -59,8 +60,14 @@ def make_key(params: Mapping[str, Any]) -> str:
         for name, value in params.items():
             if type(value) is str:  # get(item="...") and friends: _enc_str inlined
                 prefix = _alone_str_cache.get(name) or _ONE_PARAM + _name_head(name) + b"s"
-                data = value.encode("utf-8", "surrogatepass")
-                return xxhash.xxh3_128_hexdigest(prefix + _Q.pack(len(data)) + data)
+                try:
+                    data = value.encode()  # the strict codec is faster; the bytes are the same
+                except UnicodeEncodeError:
+                    data = value.encode("utf-8", "surrogatepass")  # lone surrogates
+                n = len(data)
+                return xxhash.xxh3_128_hexdigest(
+                    prefix + (_SHORT_LENGTHS[n] if n < 256 else _Q.pack(n)) + data
+                )
             prefix = _alone_cache.get(name) or _ONE_PARAM + _name_head(name)
             simple = _SIMPLE.get(type(value))
             return xxhash.xxh3_128_hexdigest(
