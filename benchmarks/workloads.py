@@ -11,6 +11,7 @@ import contextlib
 import gc
 import importlib
 import logging
+import os
 import random
 import statistics
 import subprocess
@@ -581,37 +582,38 @@ def run_latency(plan: Plan, work: Workdir) -> list[Row]:
     for name, kind in LATENCY_SKIPPED.items():
         for wl in (wl_small, wl_big):
             coll.mark(wl, name, kind, "skipped", "one file or directory per entry: not built")
-    opened: dict[str, adapters.StoreAdapter] = {}
-    counts: dict[str, int] = {}
-    p50_small: dict[str, float] = {}
+    # Two stores per system, measured in the same turns: the p50 growth compares
+    # gets made side by side, not minutes apart on a machine whose speed drifts.
+    stores: dict[tuple[str, str], tuple[adapters.StoreAdapter, int, str]] = {}
     with _ExitDirs(work) as dirs:
         try:
             for name in systems:
-                adapter = adapters.make_store(name)
-                try:
-                    adapter.open(dirs.make(name))
-                    _fill(adapter, 0, small, budget=None)
-                except Exception as exc:
-                    coll.fail(wl_small, name, adapter.kind, exc)
-                    adapter.close()
+                for wl in (wl_small, wl_big):
+                    adapter = adapters.make_store(name)
+                    try:
+                        adapter.open(dirs.make(f"{name} {len(stores)}"))
+                        _fill(adapter, 0, small, budget=None)
+                    except Exception as exc:
+                        coll.fail(wl, name, adapter.kind, exc)
+                        adapter.close()
+                        continue
+                    stores[(wl, name)] = (adapter, small, "")
+            for (wl, name), (adapter, _n, _note) in list(stores.items()):
+                if wl != wl_big:
                     continue
-                opened[name] = adapter
-                counts[name] = small
-            _measure_latency(plan, coll, wl_small, opened, counts, p50_small, note="")
-            for name, adapter in list(opened.items()):
                 try:
                     t0 = time.perf_counter()
-                    counts[name] = _fill(adapter, small, big, budget=plan.lat_budget_s)
+                    count = _fill(adapter, small, big, budget=plan.lat_budget_s)
                     elapsed = time.perf_counter() - t0
                 except Exception as exc:
                     coll.fail(wl_build, name, adapter.kind, exc)
                     coll.fail(wl_big, name, adapter.kind, exc)
-                    adapter.close()
-                    del opened[name]
                     continue
-                added = counts[name] - small
+                short = "" if count >= big else f"build budget hit: measured at {count:,} entries"
+                stores[(wl, name)] = (adapter, count, "; ".join(x for x in (note, short) if x))
+                added = count - small
                 how = "bulk (transact)" if hasattr(adapter, "put_many") else "one put per entry"
-                reached = "" if counts[name] >= big else f"budget hit: {counts[name]:,} entries"
+                reached = "" if count >= big else f"budget hit: {count:,} entries"
                 coll.add(wl_build, "build", "s", "lower", name, adapter.kind, elapsed, how)
                 coll.add(
                     wl_build,
@@ -623,23 +625,22 @@ def run_latency(plan: Plan, work: Workdir) -> list[Row]:
                     elapsed / max(added, 1) * 1e6,
                     reached,
                 )
-            p50_big: dict[str, float] = {}
-            _measure_latency(plan, coll, wl_big, opened, counts, p50_big, note=note, target=big)
-            for name, adapter in opened.items():
-                if name in p50_small and name in p50_big:
+            p50s = _measure_latency(plan, coll, stores)
+            for name in systems:
+                if (wl_small, name) in p50s and (wl_big, name) in p50s:
                     coll.add(
                         wl_growth,
                         "p50 ratio",
                         "x",
                         "lower",
                         name,
-                        adapter.kind,
-                        p50_big[name] / p50_small[name],
+                        stores[(wl_big, name)][0].kind,
+                        p50s[(wl_big, name)] / p50s[(wl_small, name)],
                         note,
                     )
         finally:
             # Close before the directories go: never delete files a store still holds.
-            for adapter in opened.values():
+            for adapter, _n, _note in stores.values():
                 adapter.close()
     return coll.rows()
 
@@ -671,72 +672,46 @@ def _fill(adapter: adapters.StoreAdapter, start: int, stop: int, budget: float |
 def _measure_latency(
     plan: Plan,
     coll: Collector,
-    workload: str,
-    opened: dict[str, adapters.StoreAdapter],
-    counts: dict[str, int],
-    p50s: dict[str, float],
-    note: str,
-    target: int | None = None,
-) -> None:
+    stores: dict[tuple[str, str], tuple[adapters.StoreAdapter, int, str]],
+) -> dict[tuple[str, str], float]:
+    """Random gets from every store, ``_TURN`` at a time in turn; p50/p99/mean rows
+    per repetition, and the median p50 of each (workload, system)."""
     clock = time.perf_counter_ns
-    per_system: dict[str, list[float]] = {name: [] for name in opened}
+    p50s: dict[tuple[str, str], list[float]] = {k: [] for k in stores}
     for rep in range(plan.reps):
-        for name in rotate(list(opened), rep):
-            adapter = opened[name]
-            if coll.failed(workload, name):
+        rngs = {k: random.Random(rep * 1000 + 11) for k in stores}
+        times: dict[tuple[str, str], list[float]] = {k: [] for k in stores}
+        for start in range(0, plan.lat_samples, _TURN):
+            for k in rotate(list(stores), start // _TURN + rep):
+                workload, name = k
+                if coll.failed(workload, name):
+                    continue
+                adapter, count, _note = stores[k]
+                rng, got_times = rngs[k], times[k]
+                try:
+                    for _ in range(min(_TURN, plan.lat_samples - start)):
+                        i = rng.randrange(count)
+                        t0 = clock()
+                        got = adapter.get(f"k{i}")
+                        got_times.append(_us(clock() - t0))
+                        coll.check(workload, name, got == latency_value(i))
+                except Exception as exc:
+                    coll.fail(workload, name, adapter.kind, exc)
+        for k, got_times in times.items():
+            workload, name = k
+            if coll.failed(workload, name) or not got_times:
                 continue
-            sys_note = note
-            if target is not None and counts[name] < target:
-                short = f"build budget hit: measured at {counts[name]:,} entries"
-                sys_note = f"{note}; {short}" if note else short
-            rng = random.Random(rep * 1000 + 11)
-            times = []
-            try:
-                for _ in range(plan.lat_samples):
-                    i = rng.randrange(counts[name])
-                    t0 = clock()
-                    got = adapter.get(f"k{i}")
-                    times.append(_us(clock() - t0))
-                    coll.check(workload, name, got == latency_value(i))
-            except Exception as exc:
-                coll.fail(workload, name, adapter.kind, exc)
-                continue
-            coll.add(
-                workload,
-                "get p50",
-                "µs",
-                "lower",
-                name,
-                adapter.kind,
-                percentile(times, 50),
-                sys_note,
-            )
-            coll.add(
-                workload,
-                "get p99",
-                "µs",
-                "lower",
-                name,
-                adapter.kind,
-                percentile(times, 99),
-                sys_note,
-            )
-            # The mean carries what the percentiles leave out: the occasional get that
-            # writes the reads counted in memory (one row per distinct key read).
-            coll.add(
-                workload,
-                "get mean",
-                "µs",
-                "lower",
-                name,
-                adapter.kind,
-                statistics.mean(times),
-                sys_note,
-            )
-            per_system[name].append(percentile(times, 50))
-    for name, values in per_system.items():
-        if values:
-            p50s[name] = statistics.median(values)
+            adapter, _count, note = stores[k]
+            for metric, value in (
+                ("get p50", percentile(got_times, 50)),
+                ("get p99", percentile(got_times, 99)),
+                # The mean carries what the percentiles leave out: the occasional get
+                # that writes the reads counted in memory (one row per distinct key).
+                ("get mean", statistics.mean(got_times)),
+            ):
+                coll.add(workload, metric, "µs", "lower", name, adapter.kind, value, note)
+            p50s[k].append(percentile(got_times, 50))
+    return {k: statistics.median(v) for k, v in p50s.items() if v}
 
 
 class _ExitDirs:
@@ -773,12 +748,17 @@ IMPORTS = {
 def run_import(plan: Plan, work: Workdir) -> list[Row]:
     coll = Collector("import")
     workload = "import in a fresh interpreter"
+    # As after an install (pip writes bytecode): a child that may write bytecode,
+    # and one import of each before any is timed, so none compiles its sources.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
     def wall(code: str) -> float:
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, env=env)
         return time.perf_counter() - t0
 
+    for code, _kind in IMPORTS.values():
+        subprocess.run([sys.executable, "-c", code], capture_output=True, env=env)
     for rep in range(plan.reps):
         base = wall("pass")
         for name in rotate(list(IMPORTS), rep):

@@ -400,7 +400,7 @@ class UnifiedCache(CustomMetadataMixin):
                 else:
                     self._hit(key, now)
                     return value
-            # Expired, in the store or damaged: the whole row decides.
+            # Expired, in the store, or replaced after failing its checks: the whole row decides.
         gen = 0
         if self._tier is not None:
             value = self._from_tier(key, now)
