@@ -379,6 +379,8 @@ class UnifiedCache(CustomMetadataMixin):
                 self._miss()
                 return default
             fmt = r[2]
+            if r[1] is None:  # the value is in the store: skip the whole-row read
+                return self._get_stored(key, now, default, strict_verification, 0)
             if fmt != "":  # the row holds a live value
                 try:
                     if fmt is None:
