@@ -106,6 +106,12 @@ def _expected(state: State) -> tuple[Any, Any]:
     return value, {"n": meta_n}
 
 
+_SESSIONS_SQL = (
+    "SELECT pid, application_name, state, wait_event_type, wait_event, "
+    "pg_blocking_pids(pid), now() - state_change, left(query, 200) FROM pg_stat_activity"
+)
+
+
 def _wait_for_server_sessions(backend: str, pid: int) -> None:
     """Block until PostgreSQL has ended every session of the killed child.
 
@@ -121,9 +127,14 @@ def _wait_for_server_sessions(backend: str, pid: int) -> None:
     query = sqlalchemy.text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :n")
     try:
         deadline = time.monotonic() + 30
-        with engine.connect() as conn:
+        # Autocommit: PostgreSQL keeps one snapshot of pg_stat_activity per
+        # transaction, so polling inside one would never see the sessions end.
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             while conn.execute(query, {"n": _app_name(pid)}).scalar_one():
-                assert time.monotonic() < deadline, "the killed child's sessions did not end"
+                if time.monotonic() > deadline:
+                    # Everything the server shows, not only the child's: what blocks it.
+                    rows = conn.execute(sqlalchemy.text(_SESSIONS_SQL)).all()
+                    raise AssertionError(f"the killed child's sessions did not end: {rows}")
                 time.sleep(0.01)
     finally:
         engine.dispose()
