@@ -69,7 +69,7 @@ def test_metadata_counts_the_hits_still_in_memory(tmp_path: Path) -> None:
 @pytest.mark.parametrize("flush_seconds", [0.0, 3600.0])
 def test_reads_from_many_threads_are_all_counted(tmp_path: Path, flush_seconds: float) -> None:
     # flush_seconds=0: every read writes what waits, so the flushes race the
-    # threads' reads; 3600: only every 4096 reads.
+    # threads' reads; 3600: the reads are summed every 4096 and written by stats().
     threads, reads = 4, 2500
     with cacheness(cache_dir=tmp_path, access_flush_seconds=flush_seconds) as cache:
         keys = {name: cache.put(name, item=name) for name in ("a", "b", "c")}
@@ -100,3 +100,38 @@ def test_reads_from_many_threads_are_all_counted(tmp_path: Path, flush_seconds: 
         assert s["misses"] == threads * len(range(0, reads, 5))
         on_disk = _hits(tmp_path)
         assert {name: on_disk[key] for name, key in keys.items()} == dict(expected)
+
+
+def test_reads_of_a_few_keys_wait_for_the_interval(tmp_path: Path) -> None:
+    # 10,000 reads of two keys are summed in memory, not written every 4096.
+    with cacheness(cache_dir=tmp_path, access_flush_seconds=3600) as cache:
+        a = cache.put("a", item="a")
+        b = cache.put("b", item="b")
+        for i in range(10_000):
+            assert cache.get(item="ab"[i % 7 == 0]) == "ab"[i % 7 == 0]
+        assert cache.get(item="nope") is None
+        assert _hits(tmp_path) == {a: 0, b: 0}
+        n_b = len(range(0, 10_000, 7))
+        meta = cache.get_metadata(item="a")
+        assert meta is not None and meta["hits"] == 10_000 - n_b
+        s = cache.stats()
+        assert (s["hits"], s["misses"]) == (10_000, 1)
+        assert _hits(tmp_path) == {a: 10_000 - n_b, b: n_b}
+
+
+def test_reads_of_4096_distinct_keys_are_written_at_once(tmp_path: Path) -> None:
+    with cacheness(cache_dir=tmp_path, access_flush_seconds=3600) as cache:
+        keys = [cache.put(i, item=i) for i in range(4096)]
+        for i in range(4095):
+            assert cache.get(item=i) == i
+        assert sum(_hits(tmp_path).values()) == 0
+        assert cache.get(item=4095) == 4095  # the 4096th distinct key
+        assert _hits(tmp_path) == dict.fromkeys(keys, 1)
+
+
+def test_with_no_interval_every_read_is_written(tmp_path: Path) -> None:
+    with cacheness(cache_dir=tmp_path, access_flush_seconds=0) as cache:
+        a = cache.put("a", item="a")
+        for n in (1, 2):
+            assert cache.get(item="a") == "a"
+            assert _hits(tmp_path)[a] == n

@@ -19,8 +19,8 @@ the index moved into metadata.sqlite keeps its ``cache_index.sqlite``.
 
 Access times and hit counts are not written on every get: they wait in
 memory and are written in one transaction every ``access_flush_seconds``
-(default 1 s), every 4096 reads, by a put that evicts (so eviction sees them),
-by ``stats()`` and on ``close()``. LRU/LFU order and hit counts from other
+(default 1 s) or once reads of 4096 distinct keys wait, by a put that evicts
+(so eviction sees them), by ``stats()`` and on ``close()``. LRU/LFU order and hit counts from other
 processes are therefore up to that long out of date; the persisted counters
 lose at most the unwritten part if a process is killed.
 """
@@ -86,10 +86,11 @@ class _Unset:
 
 _UNSET: Final = _Unset()
 _MISS: Final = object()
-# Each flush rewrites the index pages of the keys read since the last one: reads
-# repeating keys share those pages, so a larger batch writes fewer pages per read
-# (over 3,000 keys, 256 added ~4 µs to each small get; access_flush_seconds still
-# bounds how stale other processes' view gets).
+# Every 4096 reads are summed per key in memory; the sums are written when
+# access_flush_seconds have passed or 4096 distinct keys wait. A write rewrites
+# the index pages of the keys read, so reads repeating keys (a hot set, the
+# memory tier) write once a second, not once per batch (~4 µs per key each
+# time); distinct keys still write every 4096 reads.
 _FLUSH_EVERY = 4096
 # Store entries nobody's index row names (a process killed between its store
 # write and its index commit) are removed by cleanup_expired() after this long.
@@ -211,9 +212,14 @@ class UnifiedCache(CustomMetadataMixin):
         # Counting one is a list append (atomic under the GIL, and per list on
         # free-threaded builds), so a get takes no lock; _take_pending sums them.
         self._reads: list[tuple[str, float] | None] = []
-        self._plock = threading.Lock()  # one _take_pending at a time
-        self._last_flush = time.monotonic()
+        self._plock = threading.Lock()  # guards the sums below; one _fold at a time
+        # Reads taken from self._reads and summed, not yet written: key ->
+        # [hits, last access], and the hit and miss counts.
+        self._summed: dict[str, list[float]] = {}
+        self._summed_hits = 0
+        self._summed_misses = 0
         self._flush_s = config.access_flush_seconds
+        self._flush_at = time.monotonic() + self._flush_s  # reads are written by then
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._evict_logged = False
         self._closed = False
@@ -286,72 +292,90 @@ class UnifiedCache(CustomMetadataMixin):
     def _hit(self, key: str, now: float) -> None:
         reads = self._reads
         reads.append((key, now))
-        if len(reads) >= _FLUSH_EVERY or time.monotonic() - self._last_flush >= self._flush_s:
-            self._flush()
+        if len(reads) >= _FLUSH_EVERY or time.monotonic() >= self._flush_at:
+            self._reads_due()
 
     def _miss(self) -> None:
         reads = self._reads
         reads.append(None)
-        if len(reads) >= _FLUSH_EVERY or time.monotonic() - self._last_flush >= self._flush_s:
-            self._flush()
+        if len(reads) >= _FLUSH_EVERY or time.monotonic() >= self._flush_at:
+            self._reads_due()
+
+    def _reads_due(self) -> None:
+        """Sum the reads waiting in the list; write the sums if they are due."""
+        if time.monotonic() < self._flush_at:
+            with self._plock:
+                self._fold()
+                if len(self._summed) < _FLUSH_EVERY:
+                    return
+        self._flush()
+
+    def _fold(self) -> None:
+        """Move the reads in ``self._reads`` into the sums (``self._plock`` held)."""
+        reads = self._reads
+        n = len(reads)
+        if not n:
+            return
+        batch = reads[:n]
+        # Only the first n go: a read another thread appends meanwhile stays
+        # for the next fold (self._reads is never replaced, so none is lost).
+        del reads[:n]
+        access = self._summed
+        misses = 0
+        for read in batch:
+            if read is None:
+                misses += 1
+                continue
+            key, at = read
+            a = access.get(key)
+            if a is None:
+                access[key] = [1, at]
+            else:
+                a[0] += 1
+                a[1] = at
+        self._summed_hits += n - misses
+        self._summed_misses += misses
 
     def _take_pending(self) -> Pending:
-        reads = self._reads
-        if not reads:
+        """Every read not yet written, summed; the caller writes them."""
+        if not self._reads and not (self._summed_hits or self._summed_misses):
             return _NO_PENDING  # the usual put: nothing waits, no lock taken
-        access: dict[str, list[float]] = {}
-        misses = 0
         with self._plock:
-            n = len(reads)
-            batch = reads[:n]
-            # Only the first n go: a read another thread appends meanwhile stays
-            # for the next flush (self._reads is never replaced, so none is lost).
-            del reads[:n]
-            self._last_flush = time.monotonic()
-            for read in batch:
-                if read is None:
-                    misses += 1
-                    continue
-                key, at = read
-                a = access.get(key)
-                if a is None:
-                    access[key] = [1, at]
-                else:
-                    a[0] += 1
-                    a[1] = at
-        return access, {"hits": n - misses, "misses": misses}
+            self._fold()
+            access, hits, misses = self._summed, self._summed_hits, self._summed_misses
+            self._summed = {}
+            self._summed_hits = self._summed_misses = 0
+            self._flush_at = time.monotonic() + self._flush_s
+        return access, {"hits": hits, "misses": misses}
 
     def _pending_hits(self, key: str) -> int:
         """Hits of ``key`` counted in this process and not yet written."""
-        return sum(1 for read in self._reads.copy() if read is not None and read[0] == key)
+        with self._plock:  # no fold between the two counts: none is counted twice or missed
+            summed = self._summed.get(key)
+            n = 0 if summed is None else int(summed[0])
+            reads = self._reads.copy()
+        return n + sum(1 for read in reads if read is not None and read[0] == key)
 
     def _flush(self) -> None:
         self._index.flush(self._take_pending())
 
-    def _from_tier(self, key: str, now: float) -> Any:
-        tier = self._tier
-        assert tier is not None
-        ent = tier.entries.get(key)
-        if ent is None:
-            return _MISS
+    def _recheck_tier(self, key: str, ent: list[Any], now: float) -> list[Any] | None:
+        """``ent`` if the memory tier's entry for ``key`` is still current and live
+        (its generation is brought up to date), else None after dropping it."""
+        assert self._tier is not None
         gen = self._gen.read()
         if ent[3] != gen:
             # Someone wrote since this entry was checked: is it still the current value?
             found = self._index.lookup(key)
             if found is None or found[0] != ent[1]:
-                tier.pop(key)
-                return _MISS
+                self._tier.pop(key)
+                return None
             ent[2] = found[1]
             ent[3] = gen
         if ent[2] is not None and ent[2] <= now:
-            tier.pop(key)
-            return _MISS
-        try:
-            tier.entries.move_to_end(key)  # atomic under the GIL; a concurrent pop may win
-        except KeyError:
-            pass
-        self._hit(key, now)
-        return ent[0]
+            self._tier.pop(key)
+            return None
+        return ent
 
     def get(
         self,
@@ -404,10 +428,20 @@ class UnifiedCache(CustomMetadataMixin):
                     return value
             # Expired, in the store, or replaced after failing its checks: the whole row decides.
         gen = 0
-        if self._tier is not None:
-            value = self._from_tier(key, now)
-            if value is not _MISS:
-                return value
+        tier = self._tier
+        if tier is not None:
+            ent = tier.entries.get(key)
+            if ent is not None:
+                # The repeated hit, inline: nothing written since the entry was checked.
+                if ent[3] != self._gen.read() or (ent[2] is not None and ent[2] <= now):
+                    ent = self._recheck_tier(key, ent, now)
+                if ent is not None:
+                    try:
+                        tier.entries.move_to_end(key)  # atomic under the GIL; a pop may win
+                    except KeyError:
+                        pass
+                    self._hit(key, now)
+                    return ent[0]
             gen = self._gen.read()  # before the read: a later write makes the tier re-check
         if self._joined:
             index: Any = self._index

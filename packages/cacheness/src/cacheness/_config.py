@@ -122,8 +122,8 @@ class CacheConfig(_Strict):
     value before changing it in place. Writes by any process are seen.
     ``compression``: codec of the storage layer (``"lz4"``, ``"zstd"``, ``"none"``...).
     ``access_flush_seconds``: how long access times and hit counts may wait
-    in memory before they are written (they are also written every 4096
-    reads, before an eviction, by ``stats()`` and on ``close()``).
+    in memory before they are written (they are also written once reads of
+    4096 distinct keys wait, before an eviction, by ``stats()`` and on ``close()``).
     """
 
     cache_dir: str | os.PathLike[str] = dataclasses.field(default_factory=_default_dir)

@@ -12,6 +12,8 @@ import datetime as dt
 import decimal
 import enum
 import json
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -124,6 +126,32 @@ def test_key_is_unchanged(name: str) -> None:
         f"the key of case {name!r} changed: that breaks every existing cache. If this is "
         "deliberate, bump KEY_VERSION and regenerate the table"
     )
+
+
+def test_remembered_str_keys_are_the_computed_ones() -> None:
+    # make_key remembers the keys of one-str calls. Keys computed in a fresh
+    # process (nothing remembered) must equal this process's, read twice over
+    # more distinct values than it remembers, so some come from memory and some
+    # are computed again after the memory was emptied.
+    values = [f"v{i}" for i in range(12_000)] + ["", "a\ud800b", "é" * 300]
+    code = (
+        "import json, sys; from cacheness.keys import make_key; "
+        "print(json.dumps([make_key({'s': v}) for v in json.load(sys.stdin)]))"
+    )
+    fresh = subprocess.run(
+        [sys.executable, "-c", code],
+        input=json.dumps(values),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    expected = json.loads(fresh.stdout)
+    for _ in range(2):
+        assert [make_key({"s": v}) for v in values] == expected
+    table = json.loads(TABLE.read_text())["keys"]
+    for name in ("str_empty", "str_255_bytes", "str_surrogate"):
+        for _ in range(2):
+            assert make_key(_cases()[name]) == table[name]
 
 
 def test_table_keys_are_all_different() -> None:

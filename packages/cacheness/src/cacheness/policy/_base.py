@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import mmap
 import os
-import struct
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -128,15 +127,18 @@ Pending = tuple[dict[str, list[float]], dict[str, int]]
 class Generation:
     """A counter shared by the processes on one machine through a memory-mapped file.
 
-    Without a path it is a plain in-process integer (memory backend).
+    Without a path it is a plain in-process integer (memory backend). The
+    eight bytes are read through a native-order memoryview (a third of the
+    cost of a struct unpack, and read on every memory-tier hit); the value is
+    only ever compared for change, so byte order does not matter.
     """
 
-    _U64 = struct.Struct("<Q")
-
     def __init__(self, path: Path | None) -> None:
-        self._value = 0
+        self._value = 0  # DbGeneration's copy of the last generation it wrote
         self._path = path
         self._mm = None if path is None else self._map(path)
+        self._view = memoryview(bytearray(8) if self._mm is None else self._mm).cast("Q")
+        self._closed = False
 
     @staticmethod
     def _map(path: Path) -> mmap.mmap:
@@ -151,26 +153,24 @@ class Generation:
     def reopen(self) -> None:
         """Map the file at the path again (it was deleted or replaced: the old mapping
         is no longer shared with other processes)."""
-        if self._path is not None:
+        if self._path is not None and not self._closed:
             # The old mapping is dropped, not closed: another thread may be reading it.
-            self._mm = self._map(self._path)
+            mm = self._map(self._path)
+            self._mm, self._view = mm, memoryview(mm).cast("Q")
 
     def read(self) -> int:
-        mm = self._mm
-        if mm is None:
-            return self._value
-        value: int = self._U64.unpack_from(mm, 0)[0]
-        return value
+        return self._view[0]
 
     def write(self, value: int) -> None:
-        if self._mm is None:
-            self._value = value
-        elif not self._mm.closed:
-            self._U64.pack_into(self._mm, 0, value)
+        if not self._closed:
+            self._view[0] = value
 
     def close(self) -> None:
-        if self._mm is not None:
-            self._mm.close()
+        if not self._closed:
+            self._closed = True
+            if self._mm is not None:
+                self._view.release()  # an exported buffer keeps mmap.close() from working
+                self._mm.close()
 
 
 class CacheIndex(ABC):
