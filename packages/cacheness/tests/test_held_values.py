@@ -28,8 +28,13 @@ def _rows(root: Path) -> list[tuple[str, str, bytes | None]]:
         ).fetchall()
 
 
-def test_a_small_value_lives_in_its_index_row(tmp_path: Path) -> None:
-    with cacheness(cache_dir=tmp_path, compression="none") as cache:
+# With the memory tier a first get reads the row by another query (lookup_for_tier).
+TIER = pytest.mark.parametrize("tier", [0, 8], ids=["no-tier", "memory-tier"])
+
+
+@TIER
+def test_a_small_value_lives_in_its_index_row(tmp_path: Path, tier: int) -> None:
+    with cacheness(cache_dir=tmp_path, compression="none", memory_cache_entries=tier) as cache:
         key = cache.put(SMALL, item="a", metadata={"team": "x"}, description="d")
         big = cache.put(LARGE, item="b")
         assert cache._store.list() == [next(sk for _, sk, _ in _rows(tmp_path) if not is_held(sk))]
@@ -69,8 +74,11 @@ def test_overwrites_and_removals_leave_nothing_behind(tmp_path: Path) -> None:
         assert cache.stats()["entries"] == 0 and cache.stats()["size_bytes"] == 0
 
 
-def test_eviction_and_expiry_of_held_values(tmp_path: Path) -> None:
-    with cacheness(cache_dir=tmp_path, compression="none", max_entries=3) as cache:
+@TIER
+def test_eviction_and_expiry_of_held_values(tmp_path: Path, tier: int) -> None:
+    with cacheness(
+        cache_dir=tmp_path, compression="none", max_entries=3, memory_cache_entries=tier
+    ) as cache:
         for i in range(5):
             cache.put(SMALL, item=i)
         assert cache.stats()["entries"] == 3 and cache.stats()["evictions"] == 2
@@ -84,13 +92,14 @@ def test_eviction_and_expiry_of_held_values(tmp_path: Path) -> None:
         assert len(_rows(tmp_path)) == 2  # "ttl" removed; it evicted item 2 when put
 
 
+@TIER
 @pytest.mark.parametrize(
     "value", [SMALL, {"payload": "p" * 1000, "n": 7}], ids=["bytes-handler", "plain-pickle"]
 )
 def test_a_tampered_held_value_is_a_logged_miss_and_removed(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, value: object
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, value: object, tier: int
 ) -> None:
-    with cacheness(cache_dir=tmp_path, compression="none") as cache:
+    with cacheness(cache_dir=tmp_path, compression="none", memory_cache_entries=tier) as cache:
         names = ("a", "b", "c", "d")
         for name in names:
             cache.put(value, item=name)

@@ -445,20 +445,27 @@ class UnifiedCache(CustomMetadataMixin):
             gen = self._gen.read()  # before the read: a later write makes the tier re-check
         if self._joined:
             index: Any = self._index
-            r = index.lookup_held(key)
+            r = index.lookup_for_tier(key)
             if r is None:
                 self._miss()
                 return default
-            if r[7] is None:
+            fmt = r[4]
+            if fmt == "":
                 return self._get_stored(key, now, default, strict_verification, gen)
             store_key, expires = r[0], r[1]
             if expires is not None and expires <= now:
                 self._expire(key, store_key)
                 return default
             try:
-                value = self._store.get_inline(
-                    key, r[2], r[3], r[4], r[5], r[6], r[7], strict_verification
-                )
+                if fmt is None:
+                    value = self._store.get_inline(
+                        key, "pickle", "none", len(r[3]), r[2], "{}", r[3], strict_verification
+                    )
+                else:
+                    handler, codec, size, info = json.loads(fmt)
+                    value = self._store.get_inline(
+                        key, handler, codec, size, r[2], info, r[3], strict_verification
+                    )
             except CacheIntegrityError as exc:
                 self._bad_entry(key, store_key, exc)
                 value = _MISS

@@ -717,6 +717,18 @@ _VALUE_GET = (
     "FROM cache_entries WHERE key = ?2"
 )
 
+# A get with the memory tier needs the store key and expiry to remember the value
+# by: (store_key, expires, value_hash, value, format), the format as in _VALUE_GET
+# but '' only when the value is in the store (the caller checks expiry).
+_TIER_GET = (
+    "SELECT store_key, expires, value_hash, value, CASE "
+    "WHEN value IS NULL THEN '' "
+    "WHEN value_handler = 'pickle' AND value_codec = 'none' AND value_info = '{}' "
+    "AND size = length(value) THEN NULL "
+    "ELSE json_array(value_handler, value_codec, size, value_info) END "
+    "FROM cache_entries WHERE key = ?"
+)
+
 
 class SharedSqliteIndex(SqliteIndex):
     """The index tables inside the BlobStore's own SQLite file, on its connections.
@@ -800,6 +812,16 @@ class SharedSqliteIndex(SqliteIndex):
             self._check()
         try:
             return self._backend._conn().execute(_VALUE_GET, (now, key)).fetchone()
+        except sqlite3.Error as exc:
+            raise CacheBackendError(f"cache index: {exc}", key=key, backend=self.name) from exc
+
+    def lookup_for_tier(self, key: str) -> Any:
+        """``(store_key, expires, content_hash, value, format)`` of ``key``'s row (see
+        ``_TIER_GET``), or None."""
+        if self._closed:
+            self._check()
+        try:
+            return self._backend._conn().execute(_TIER_GET, (key,)).fetchone()
         except sqlite3.Error as exc:
             raise CacheBackendError(f"cache index: {exc}", key=key, backend=self.name) from exc
 
