@@ -18,23 +18,22 @@ one. Elsewhere a get is one lookup in the index plus one ``BlobStore.get``. A di
 the index moved into metadata.sqlite keeps its ``cache_index.sqlite``.
 
 Access times and hit counts are not written on every get: they wait in
-memory and are written in one transaction every ``access_flush_seconds``
-(default 1 s) or once reads of 4096 distinct keys wait, by a put that evicts
-(so eviction sees them), by ``stats()`` and on ``close()``. LRU/LFU order and hit counts from other
-processes are therefore up to that long out of date; the persisted counters
-lose at most the unwritten part if a process is killed.
+memory (``_reads``) and are written in one transaction every
+``access_flush_seconds`` (default 1 s) or once reads of 4096 distinct keys
+wait, by a put that evicts (so eviction sees them), by ``stats()`` and on
+``close()``. LRU/LFU order and hit counts from other processes are therefore
+up to that long out of date; the persisted counters lose at most the
+unwritten part if a process is killed.
 """
 
 from __future__ import annotations
 
-import collections
 import functools
 import json
 import logging
 import os
 import random
 import socket
-import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -42,6 +41,8 @@ from typing import Any, Final
 
 from cacheness._config import DEFAULT_MAX_CACHE_SIZE_MB, CacheConfig
 from cacheness._custom_metadata import CustomMetadataMixin
+from cacheness._reads import ReadLog
+from cacheness._tier import MemoryTier
 from cacheness.keys import make_key, render_params
 from cacheness.policy import (
     HELD_MARK,
@@ -49,7 +50,6 @@ from cacheness.policy import (
     Generation,
     IndexRow,
     Limits,
-    Pending,
     PutResult,
     SharedSqliteIndex,
     SqliteIndex,
@@ -75,8 +75,6 @@ _rng = random.Random()
 if hasattr(os, "register_at_fork"):  # POSIX; elsewhere processes are spawned, not forked
     os.register_at_fork(after_in_child=_rng.seed)
 _randbits = _rng.getrandbits
-# What _take_pending hands over when nothing waits: indexes only read (or clear) it.
-_NO_PENDING: Final[Pending] = ({}, {})
 
 
 class _Unset:
@@ -86,44 +84,9 @@ class _Unset:
 
 _UNSET: Final = _Unset()
 _MISS: Final = object()
-# Every 4096 reads are summed per key in memory; the sums are written when
-# access_flush_seconds have passed or 4096 distinct keys wait. A write rewrites
-# the index pages of the keys read, so reads repeating keys (a hot set, the
-# memory tier) write once a second, not once per batch (~4 µs per key each
-# time); distinct keys still write every 4096 reads.
-_FLUSH_EVERY = 4096
 # Store entries nobody's index row names (a process killed between its store
 # write and its index commit) are removed by cleanup_expired() after this long.
 _ORPHAN_GRACE_S = 3600.0
-
-
-class _MemoryTier:
-    """Values of recently read keys, in this process, LRU-bounded.
-
-    Each entry remembers the store key it was read from and the generation it
-    was last checked at; a hit with a newer generation is re-checked against
-    the index (one lookup), so a write by any process is never hidden.
-    """
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.entries: collections.OrderedDict[str, list[Any]] = collections.OrderedDict()
-        self.lock = threading.Lock()
-
-    def put(self, key: str, value: Any, store_key: str, expires: float | None, gen: int) -> None:
-        with self.lock:
-            self.entries[key] = [value, store_key, expires, gen]
-            self.entries.move_to_end(key)
-            while len(self.entries) > self.size:
-                self.entries.popitem(last=False)
-
-    def pop(self, key: str) -> None:
-        with self.lock:
-            self.entries.pop(key, None)
-
-    def clear(self) -> None:
-        with self.lock:
-            self.entries.clear()
 
 
 def _check_cache_key(key: object) -> str:
@@ -203,23 +166,20 @@ class UnifiedCache(CustomMetadataMixin):
             None if config.default_ttl_seconds is None else float(config.default_ttl_seconds)
         )
         self._tier = (
-            _MemoryTier(config.memory_cache_entries) if config.memory_cache_entries else None
+            MemoryTier(config.memory_cache_entries) if config.memory_cache_entries else None
         )
         # A get reads only a held value and its format (lookup_value); the tier
         # needs the whole row (store key, expiry) to remember what it read.
         self._value_get = self._joined and self._tier is None
-        # Reads since the last flush, in order: (key, time) per hit, None per miss.
-        # Counting one is a list append (atomic under the GIL, and per list on
-        # free-threaded builds), so a get takes no lock; _take_pending sums them.
-        self._reads: list[tuple[str, float] | None] = []
-        self._plock = threading.Lock()  # guards the sums below; one _fold at a time
-        # Reads taken from self._reads and summed, not yet written: key ->
-        # [hits, last access], and the hit and miss counts.
-        self._summed: dict[str, list[float]] = {}
-        self._summed_hits = 0
-        self._summed_misses = 0
-        self._flush_s = config.access_flush_seconds
-        self._flush_at = time.monotonic() + self._flush_s  # reads are written by then
+        # Reads counted in memory until written (see _reads); bound methods as
+        # attributes, so a get's count is one call, as a method of this class would be.
+        log = ReadLog(config.access_flush_seconds, self._index.flush)
+        self._hit = log.hit
+        self._miss = log.miss
+        self._add_miss = log.add_miss
+        self._take_pending = log.take
+        self._flush = log.flush
+        self._pending_hits = log.pending_hits
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._evict_logged = False
         self._closed = False
@@ -288,76 +248,6 @@ class UnifiedCache(CustomMetadataMixin):
     def _check_open(self) -> None:
         if self._closed:
             raise CacheError("this cache is closed; create a new one with cacheness(...)")
-
-    def _hit(self, key: str, now: float) -> None:
-        reads = self._reads
-        reads.append((key, now))
-        if len(reads) >= _FLUSH_EVERY or time.monotonic() >= self._flush_at:
-            self._reads_due()
-
-    def _miss(self) -> None:
-        reads = self._reads
-        reads.append(None)
-        if len(reads) >= _FLUSH_EVERY or time.monotonic() >= self._flush_at:
-            self._reads_due()
-
-    def _reads_due(self) -> None:
-        """Sum the reads waiting in the list; write the sums if they are due."""
-        if time.monotonic() < self._flush_at:
-            with self._plock:
-                self._fold()
-                if len(self._summed) < _FLUSH_EVERY:
-                    return
-        self._flush()
-
-    def _fold(self) -> None:
-        """Move the reads in ``self._reads`` into the sums (``self._plock`` held)."""
-        reads = self._reads
-        n = len(reads)
-        if not n:
-            return
-        batch = reads[:n]
-        # Only the first n go: a read another thread appends meanwhile stays
-        # for the next fold (self._reads is never replaced, so none is lost).
-        del reads[:n]
-        access = self._summed
-        misses = 0
-        for read in batch:
-            if read is None:
-                misses += 1
-                continue
-            key, at = read
-            a = access.get(key)
-            if a is None:
-                access[key] = [1, at]
-            else:
-                a[0] += 1
-                a[1] = at
-        self._summed_hits += n - misses
-        self._summed_misses += misses
-
-    def _take_pending(self) -> Pending:
-        """Every read not yet written, summed; the caller writes them."""
-        if not self._reads and not (self._summed_hits or self._summed_misses):
-            return _NO_PENDING  # the usual put: nothing waits, no lock taken
-        with self._plock:
-            self._fold()
-            access, hits, misses = self._summed, self._summed_hits, self._summed_misses
-            self._summed = {}
-            self._summed_hits = self._summed_misses = 0
-            self._flush_at = time.monotonic() + self._flush_s
-        return access, {"hits": hits, "misses": misses}
-
-    def _pending_hits(self, key: str) -> int:
-        """Hits of ``key`` counted in this process and not yet written."""
-        with self._plock:  # no fold between the two counts: none is counted twice or missed
-            summed = self._summed.get(key)
-            n = 0 if summed is None else int(summed[0])
-            reads = self._reads.copy()
-        return n + sum(1 for read in reads if read is not None and read[0] == key)
-
-    def _flush(self) -> None:
-        self._index.flush(self._take_pending())
 
     def _recheck_tier(self, key: str, ent: list[Any], now: float) -> list[Any] | None:
         """``ent`` if the memory tier's entry for ``key`` is still current and live
@@ -576,7 +466,7 @@ class UnifiedCache(CustomMetadataMixin):
                 self._tier.pop(key)
 
     def _expire(self, key: str, store_key: str) -> None:
-        self._reads.append(None)  # a miss, written with the next flush
+        self._add_miss()
         if self._index.remove(key, store_key, counter="expired") is not None:
             self._drop_value(store_key)
         if self._tier is not None:

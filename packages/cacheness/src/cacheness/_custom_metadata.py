@@ -49,8 +49,9 @@ class CustomMetadataMixin:
         _limits: Limits
         _clock: Callable[[], float]
 
+        _take_pending: Callable[[], Pending]
+
         def _check_open(self) -> None: ...
-        def _take_pending(self) -> Pending: ...
         def _live_row(self, key: str) -> IndexRow | None: ...
         def _key(
             self, cache_key: str | None, params: dict[str, Any], on: Mapping[str, Any] | None

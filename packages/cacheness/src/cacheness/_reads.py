@@ -1,0 +1,117 @@
+"""Reads counted in memory (hits, misses, access times) until they reach the index.
+
+A get must not write: one SQLite write per read would cost more than the read.
+Each read is one list append (atomic under the GIL, and per list on
+free-threaded builds), so a get takes no lock. Every ``BATCH`` reads are summed
+per key; the sums are written when ``access_flush_seconds`` have passed or
+``BATCH`` distinct keys wait. A write rewrites the index pages of the keys
+read, so reads repeating keys (a hot set, the memory tier) write once a second,
+not once per batch (~4 µs per key each time); distinct keys still write every
+``BATCH`` reads.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Final
+
+from cacheness.policy import Pending
+
+__all__ = ["BATCH", "ReadLog"]
+
+BATCH: Final = 4096
+# What take() hands over when nothing waits: indexes only read (or clear) it.
+_NOTHING: Final[Pending] = ({}, {})
+
+
+class ReadLog:
+    """The reads of one cache object not yet written; ``write(pending)`` writes them."""
+
+    def __init__(self, flush_seconds: float, write: Callable[[Pending], None]) -> None:
+        # Reads since the last fold, in order: (key, time) per hit, None per miss.
+        self._reads: list[tuple[str, float] | None] = []
+        self._lock = threading.Lock()  # guards the sums below; one fold at a time
+        # Reads taken from self._reads and summed: key -> [hits, last access],
+        # and the hit and miss counts.
+        self._summed: dict[str, list[float]] = {}
+        self._summed_hits = 0
+        self._summed_misses = 0
+        self._flush_s = flush_seconds
+        self._flush_at = time.monotonic() + flush_seconds  # reads are written by then
+        self._write = write
+
+    def hit(self, key: str, now: float) -> None:
+        reads = self._reads
+        reads.append((key, now))
+        if len(reads) >= BATCH or time.monotonic() >= self._flush_at:
+            self._due()
+
+    def miss(self) -> None:
+        reads = self._reads
+        reads.append(None)
+        if len(reads) >= BATCH or time.monotonic() >= self._flush_at:
+            self._due()
+
+    def add_miss(self) -> None:
+        """Count a miss, written with the next flush (never writes now)."""
+        self._reads.append(None)
+
+    def _due(self) -> None:
+        """Sum the reads waiting in the list; write the sums if they are due."""
+        if time.monotonic() < self._flush_at:
+            with self._lock:
+                self._fold()
+                if len(self._summed) < BATCH:
+                    return
+        self.flush()
+
+    def _fold(self) -> None:
+        """Move the reads in ``self._reads`` into the sums (``self._lock`` held)."""
+        reads = self._reads
+        n = len(reads)
+        if not n:
+            return
+        batch = reads[:n]
+        # Only the first n go: a read another thread appends meanwhile stays
+        # for the next fold (self._reads is never replaced, so none is lost).
+        del reads[:n]
+        access = self._summed
+        misses = 0
+        for read in batch:
+            if read is None:
+                misses += 1
+                continue
+            key, at = read
+            a = access.get(key)
+            if a is None:
+                access[key] = [1, at]
+            else:
+                a[0] += 1
+                a[1] = at
+        self._summed_hits += n - misses
+        self._summed_misses += misses
+
+    def take(self) -> Pending:
+        """Every read not yet written, summed; the caller writes them."""
+        if not self._reads and not (self._summed_hits or self._summed_misses):
+            return _NOTHING  # the usual put: nothing waits, no lock taken
+        with self._lock:
+            self._fold()
+            access, hits, misses = self._summed, self._summed_hits, self._summed_misses
+            self._summed = {}
+            self._summed_hits = self._summed_misses = 0
+            self._flush_at = time.monotonic() + self._flush_s
+        return access, {"hits": hits, "misses": misses}
+
+    def flush(self) -> None:
+        self._write(self.take())
+
+    def pending_hits(self, key: str) -> int:
+        """Hits of ``key`` counted and not yet written."""
+        with self._lock:  # no fold between the two counts: none is counted twice or missed
+            summed = self._summed.get(key)
+            n = 0 if summed is None else int(summed[0])
+            reads = self._reads.copy()
+        return n + sum(1 for read in reads if read is not None and read[0] == key)
