@@ -1,0 +1,230 @@
+"""The cached rows and their coverage: fetched and stored, read, invalidated, expired.
+
+Rows and the ledger entries that cover them are written and deleted in one
+transaction, so the ledger never claims rows that are not there. Like
+``_request``, these are functions of the cache, reading its settings (TTLs,
+the fetcher) when called.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd  # type: ignore[import-untyped, unused-ignore]
+import sqlalchemy as sa
+
+from cacheness.sql import _gaps
+from cacheness.sql._database import _db
+from cacheness.sql._gaps import Interval
+from cacheness.sql._ledger import Entry
+from cacheness.sql._request import _Cover, _normalize, _Request, _Task
+from cacheness.sql._upsert import upsert
+
+if TYPE_CHECKING:
+    from cacheness.sql._cache import SqlCache
+
+__all__: list[str] = []
+
+logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------- fetch + store
+
+
+def _run(cache: SqlCache, tasks: list[_Task]) -> None:
+    """Call the fetcher for every task, then store everything, or nothing."""
+    frames = []
+    fetched_rows = 0
+    for task in tasks:
+        logger.debug("fetching %s for %s", task.params, cache.table_name)
+        frame = cache.data_fetcher(**task.params)
+        cache._counters.add(fetches=1)
+        fetched_rows += len(frame) if isinstance(frame, pd.DataFrame) else 0
+        frames.append(frame)
+    cache._counters.add(rows_fetched=fetched_rows)
+    rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+    pk = cache.schema.primary_key
+    for frame in frames:
+        for row in cache.schema.frame_to_rows(frame):
+            rows[tuple(row[c] for c in pk)] = row
+    now = cache._clock()
+    with _db(cache, "store fetched rows"), cache.engine.begin() as conn:
+        for task in tasks:
+            for cover in task.covers:
+                _delete_rows(cache, conn, cover.key, cover.span)
+        upsert(conn, cache.table, list(rows.values()))
+        for task in tasks:
+            for cover in task.covers:
+                _record(cache, conn, cover, now)
+    logger.debug(
+        "stored %d row(s) from %d fetch(es) in %s", len(rows), len(tasks), cache.table_name
+    )
+
+
+def _record(cache: SqlCache, conn: sa.Connection, cover: _Cover, now: float) -> None:
+    if cover.span is None:
+        cache.ledger.forget(conn, cover.label, None, None)
+        cache.ledger.record(conn, cover.label, (0, 0), now, _expiry(now, cache.ttl_seconds))
+        return
+    lo, hi = cover.span
+    first_open: int | None = None
+    if not cache.sequence and cache.open_ttl_seconds is not None:
+        # The increment holding "now" (and anything after it) can still change.
+        first_open = (_now_us(now) // cache.step) * cache.step
+    closed, opened = _gaps.split_open((lo, hi), first_open)
+    if closed is not None:
+        cache.ledger.record(conn, cover.label, closed, now, _expiry(now, cache.ttl_seconds))
+    if opened is not None:
+        cache.ledger.record(conn, cover.label, opened, now, _expiry(now, cache.open_ttl_seconds))
+
+
+def _now_us(now: float) -> int:
+    return int(now * 1_000_000)
+
+
+def _expiry(now: float, ttl: float | None) -> float | None:
+    return None if ttl is None else now + ttl
+
+
+def _key_filter(cache: SqlCache, key: Sequence[Any]) -> list[Any]:
+    return [cache.table.c[c] == v for c, v in zip(cache.key_columns, key, strict=True)]
+
+
+def _delete_rows(
+    cache: SqlCache, conn: sa.Connection, key: Sequence[Any], span: Interval | None
+) -> int:
+    """Delete the rows a refetch replaces, so rows the source dropped do not linger."""
+    where = _key_filter(cache, key)
+    if span is not None and cache.time_column is not None:
+        col = cache.table.c[cache.time_column]
+        where.append(col >= _bind_position(cache, span[0]))
+        where.append(col <= _bind_position(cache, span[1]))
+    return conn.execute(cache.table.delete().where(*where)).rowcount or 0
+
+
+def _bind_position(cache: SqlCache, value: int) -> Any:
+    return value if cache.sequence else cache.schema.bind_instant(value)
+
+
+# ---------------------------------------------------------------------- reading
+
+
+def _read(cache: SqlCache, conn: sa.Connection, req: _Request) -> pd.DataFrame:
+    if not req.keys:
+        return cache.schema.empty_frame()
+    t = cache.table
+    where = []
+    for col, values in zip(cache.key_columns, req.key_lists, strict=True):
+        where.append(t.c[col] == values[0] if len(values) == 1 else t.c[col].in_(values))
+    if cache.mode == "range":
+        assert cache.time_column is not None and req.lo is not None and req.hi is not None
+        tc = t.c[cache.time_column]
+        where.append(tc >= _bind_position(cache, req.lo))
+        where.append(tc <= _bind_position(cache, req.hi))
+    pk = [t.c[c] for c in cache.schema.primary_key]
+    stmt = sa.select(*t.c).where(*where).order_by(*pk)
+    # Tens of thousands of fresh row tuples set off the cyclic GC again
+    # and again (it doubled the time of a 36,500-row read); none of them
+    # can form a cycle, so collection waits until the frame is built.
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        result = conn.execute(stmt)
+        if cache._raw_rows:
+            # No column needs a result processor here: skip Row objects.
+            rows = result.cursor.fetchall()
+            result.close()
+        else:
+            rows = result.all()
+        frame = cache.schema.rows_to_frame(rows)
+    finally:
+        if paused:
+            gc.enable()
+    if len(req.keys) > 1 and len(frame) > 1 and cache.engine.dialect.name != "sqlite":
+        # The database orders strings by its collation (SQLite's BINARY is
+        # code point order, like Python's); sort so every backend agrees.
+        frame = frame.sort_values(cache.schema.primary_key, kind="stable", ignore_index=True)
+    return frame
+
+
+def _has_processor(type_: Any, dialect: sa.Dialect) -> bool:
+    try:
+        return type_.dialect_impl(dialect).result_processor(dialect, None) is not None
+    except (TypeError, KeyError, ValueError):  # a processor that needs the column's type code
+        return True
+
+
+# ---------------------------------------------------------------------- maintenance
+
+
+def _invalidate(cache: SqlCache, keys: Mapping[str, Any]) -> int:
+    req = _normalize(cache, keys, partial=True)
+    t = cache.table
+    where = []
+    for col, values in zip(cache.key_columns, req.key_lists, strict=True):
+        if values:
+            where.append(t.c[col].in_(values))
+    lo, hi = req.lo, req.hi
+    if cache.mode == "range" and (lo is not None or hi is not None):
+        tc = t.c[cache.time_column]  # type: ignore[index]
+        if lo is not None:
+            where.append(tc >= _bind_position(cache, lo))
+        if hi is not None:
+            where.append(tc <= _bind_position(cache, hi))
+    wanted = [set(map(_json_key, v)) if v else None for v in req.key_lists]
+    with _db(cache, "invalidate cached rows"), cache.engine.begin() as conn:
+        deleted = conn.execute(t.delete().where(*where)).rowcount or 0
+        labels = {e.key for e in cache.ledger.entries(conn)}
+        for label in labels:
+            values = json.loads(label)
+            if all(w is None or _json_key(v) in w for w, v in zip(wanted, values, strict=True)):
+                if lo is None and hi is None:
+                    cache.ledger.forget(conn, label, None, None)
+                else:
+                    cache.ledger.forget(
+                        conn,
+                        label,
+                        lo if lo is not None else -(2**62),
+                        hi if hi is not None else 2**62,
+                    )
+    logger.debug("invalidated %d row(s) of %s", deleted, cache.table_name)
+    return deleted
+
+
+def _json_key(value: Any) -> str:
+    return json.dumps(value, default=str)
+
+
+def _cleanup_expired(cache: SqlCache) -> int:
+    now = cache._clock()
+    with _db(cache, "clean up expired entries"), cache.engine.begin() as conn:
+        entries = cache.ledger.entries(conn)
+        expired = [e for e in entries if not e.valid(now)]
+        if not expired:
+            return 0
+        valid: dict[str, list[Interval]] = {}
+        for e in entries:
+            if e.valid(now):
+                valid.setdefault(e.key, []).append((e.lo, e.hi))
+        for e in expired:
+            key = _key_of(cache, e)
+            if cache.mode == "lookup":
+                if e.key not in valid:
+                    _delete_rows(cache, conn, key, None)
+                continue
+            for part in _gaps.subtract((e.lo, e.hi), valid.get(e.key, [])):
+                _delete_rows(cache, conn, key, part)
+        cache.ledger.delete_ids(conn, [e.id for e in expired])
+    logger.debug("removed %d expired coverage entries of %s", len(expired), cache.table_name)
+    return len(expired)
+
+
+def _key_of(cache: SqlCache, entry: Entry) -> tuple[Any, ...]:
+    values = json.loads(entry.key)
+    return tuple(
+        cache.schema.bind_key(c, v) for c, v in zip(cache.key_columns, values, strict=True)
+    )
