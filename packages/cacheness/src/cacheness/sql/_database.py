@@ -27,8 +27,8 @@ def _make_engine(url: str, engine_kwargs: Mapping[str, Any] | None) -> sa.Engine
     if "://" not in url:
         url = "sqlite:///" + os.path.abspath(url)
     kwargs = dict(engine_kwargs or {})
-    parsed = sa.make_url(url) if "://" in url else None
-    if parsed is not None and parsed.get_backend_name() == "sqlite":
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
         memory = parsed.database in (None, "", ":memory:")
         connect_args = dict(kwargs.pop("connect_args", {}))
         if memory:
