@@ -7,14 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cacheness.storage import BlobStore, CacheStorageError, _store
+from cacheness.storage import BlobStore, CacheStorageError, _writing
 from cacheness.storage.backends import FilesystemBlobBackend
 
 
 @pytest.fixture
 def small_fuse(monkeypatch: pytest.MonkeyPatch) -> None:
     """Take the hash-while-writing path for any blob of 64 KiB or more."""
-    monkeypatch.setattr(_store, "_FUSE_MIN", 64 * 1024)
+    monkeypatch.setattr(_writing, "_FUSE_MIN", 64 * 1024)
 
 
 def _blob_files(root: Path) -> list[Path]:
@@ -27,7 +27,7 @@ def test_hash_while_writing_matches_the_two_pass_put(
     arr = np.random.default_rng(1).standard_normal(200_000)
     with BlobStore(tmp_path / "two-pass") as plain:
         expected = plain.put_record(arr, key="a")
-    monkeypatch.setattr(_store, "_FUSE_MIN", 64 * 1024)
+    monkeypatch.setattr(_writing, "_FUSE_MIN", 64 * 1024)
     with BlobStore(tmp_path / "fused") as store:
         record = store.put_record(arr, key="a")
         assert record.content_hash == expected.content_hash

@@ -161,12 +161,12 @@ def test_streaming_chunked_framing(
 
     The chunk constants are lowered so a 2 MB array takes the path a > 2 GB one takes.
     """
-    from cacheness.storage import _store
+    from cacheness.storage import _loading
 
     monkeypatch.setattr(_framing, "COMPRESS_CHUNK", 64 * 1024)
     monkeypatch.setattr(_framing, "READ_CHUNK", 16 * 1024)
     monkeypatch.setattr(_framing, "SAMPLE_MIN", 256 * 1024)
-    monkeypatch.setattr(_store, "_SMALL_BLOB", 4096)
+    monkeypatch.setattr(_loading, "_SMALL_BLOB", 4096)
     rng = np.random.default_rng(3)
     arr = (
         np.arange(262_144, dtype=np.float64) if kind == "smooth" else rng.standard_normal(262_144)
@@ -185,9 +185,9 @@ def test_streaming_chunked_framing(
 
 
 def test_corrupt_streamed_array_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from cacheness.storage import _store
+    from cacheness.storage import _loading
 
-    monkeypatch.setattr(_store, "_SMALL_BLOB", 4096)
+    monkeypatch.setattr(_loading, "_SMALL_BLOB", 4096)
     arr = np.random.default_rng(4).standard_normal(100_000)
     with BlobStore(tmp_path, compression="none") as store:
         store.put(arr, key="k")

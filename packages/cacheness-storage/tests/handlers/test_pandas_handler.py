@@ -203,10 +203,10 @@ def test_series_round_trip(tmp_path: Path, codec: str, name: str) -> None:
 def test_large_frame_streams_and_compresses(
     tmp_path: Path, codec: str, array_label: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cacheness.storage import _store
+    from cacheness.storage import _loading
     from cacheness.storage.handlers import _framing
 
-    monkeypatch.setattr(_store, "_SMALL_BLOB", 4096)
+    monkeypatch.setattr(_loading, "_SMALL_BLOB", 4096)
     monkeypatch.setattr(_framing, "COMPRESS_CHUNK", 256 * 1024)
     df = FRAMES["large_mixed"]
     back, meta = _round_trip(tmp_path, codec, df)

@@ -57,9 +57,9 @@ def test_large_dict_read_whole_and_in_place(
     tmp_path: Path, codec: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Above the small-blob size the store reads pickles into fresh writable memory."""
-    from cacheness.storage import _store
+    from cacheness.storage import _loading
 
-    monkeypatch.setattr(_store, "_SMALL_BLOB", 1024)
+    monkeypatch.setattr(_loading, "_SMALL_BLOB", 1024)
     value = _big_dict()
     with BlobStore(tmp_path, compression=codec) as store:
         store.put(value, key="d")

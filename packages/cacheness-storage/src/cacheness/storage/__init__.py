@@ -7,8 +7,9 @@
 {'a': 1}
 """
 
+from cacheness.storage._maintenance import VerifyReport
 from cacheness.storage._plugins import PluginManager, get_plugin_manager
-from cacheness.storage._store import BlobStore, VerifyReport
+from cacheness.storage._store import BlobStore
 from cacheness.storage.errors import (
     BlobNotFoundError,
     CacheBackendError,
