@@ -37,8 +37,6 @@ logger = logging.getLogger(__name__)
 #: backend supports it): a get is then one indexed lookup and no file open.
 INLINE_MAX = 16 * 1024
 
-_MISSING = object()
-
 
 class BlobStore:
     """A content-addressable store of Python objects.
