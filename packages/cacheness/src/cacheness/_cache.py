@@ -297,15 +297,7 @@ class UnifiedCache(CustomMetadataMixin):
                 return self._get_stored(key, now, default, strict_verification, 0)
             if fmt != "":  # the row holds a live value
                 try:
-                    if fmt is None:
-                        value = self._store.get_inline(
-                            key, "pickle", "none", len(r[1]), r[0], "{}", r[1], strict_verification
-                        )
-                    else:
-                        handler, codec, size, info = json.loads(fmt)
-                        value = self._store.get_inline(
-                            key, handler, codec, size, r[0], info, r[1], strict_verification
-                        )
+                    value = self._held_bytes(key, r[0], r[1], fmt, strict_verification)
                 except CacheIntegrityError as exc:
                     row = self._index.lookup_held(key)  # type: ignore[attr-defined]
                     if row is not None and row[5] == r[0] and row[7] == r[1]:
@@ -347,15 +339,7 @@ class UnifiedCache(CustomMetadataMixin):
                 self._expire(key, store_key)
                 return default
             try:
-                if fmt is None:
-                    value = self._store.get_inline(
-                        key, "pickle", "none", len(r[3]), r[2], "{}", r[3], strict_verification
-                    )
-                else:
-                    handler, codec, size, info = json.loads(fmt)
-                    value = self._store.get_inline(
-                        key, handler, codec, size, r[2], info, r[3], strict_verification
-                    )
+                value = self._held_bytes(key, r[2], r[3], fmt, strict_verification)
             except CacheIntegrityError as exc:
                 self._bad_entry(key, store_key, exc)
                 value = _MISS
@@ -376,6 +360,18 @@ class UnifiedCache(CustomMetadataMixin):
             self._tier.put(key, value, store_key, expires, gen)
         self._hit(key, now)
         return value
+
+    def _held_bytes(
+        self, key: str, content_hash: str, data: bytes, fmt: str | None, strict: bool
+    ) -> Any:
+        """The value an index row holds as ``data``, ``fmt`` as ``lookup_value`` gives
+        it: None for a plain pickle, else the JSON array [handler, codec, size, info]."""
+        if fmt is None:
+            return self._store.get_inline(
+                key, "pickle", "none", len(data), content_hash, "{}", data, strict
+            )
+        handler, codec, size, info = json.loads(fmt)
+        return self._store.get_inline(key, handler, codec, size, content_hash, info, data, strict)
 
     def _get_stored(self, key: str, now: float, default: Any, strict: bool, gen: int) -> Any:
         """``get`` of a key whose index row does not hold its value: the row again,

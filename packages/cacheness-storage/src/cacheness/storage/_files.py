@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from cacheness.storage._hashing import HashingReader, hash_chunks, new_hasher, split_hash
 from cacheness.storage._loading import _STREAM_CHUNK, _check_hash, _check_signature, _check_size
 from cacheness.storage._validation import _check_key, _check_metadata
-from cacheness.storage._writing import _blob_intact, _commit, _with_key
+from cacheness.storage._writing import _aborting, _blob_intact, _commit
 from cacheness.storage.abc import EntryRecord
 from cacheness.storage.errors import (
     BlobNotFoundError,
@@ -62,7 +62,7 @@ def _put_stream(store: BlobStore, src: BinaryIO, key: str | None, user_meta: dic
     hasher = new_hasher(store.hash_algorithm)
     size = 0
     writer = store.blob_backend.writer()
-    try:
+    with _aborting(writer, key):
         while True:
             try:
                 chunk = src.read(_STREAM_CHUNK)
@@ -85,12 +85,6 @@ def _put_stream(store: BlobStore, src: BinaryIO, key: str | None, user_meta: dic
             writer.abort()
         else:
             writer.commit(blob_key)
-    except CacheStorageError as exc:
-        writer.abort()
-        raise _with_key(exc, key) from exc
-    except BaseException:
-        writer.abort()
-        raise
     if key is None:
         key = digest if store.content_addressable else uuid.uuid4().hex
     record = EntryRecord(

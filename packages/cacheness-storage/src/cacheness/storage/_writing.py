@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from cacheness.storage._hashing import new_hasher
@@ -111,6 +112,19 @@ def _hash_while_writing(store: BlobStore, key: str | None, nbytes: int) -> bool:
     return old is None or old.size != nbytes
 
 
+@contextmanager
+def _aborting(writer: BlobWriter, key: str | None) -> Iterator[None]:
+    """Drop ``writer``'s temp blob if the block fails; a storage error names ``key``."""
+    try:
+        yield
+    except CacheStorageError as exc:
+        writer.abort()
+        raise _with_key(exc, key) from exc
+    except BaseException:
+        writer.abort()
+        raise
+
+
 def _write_hashing(
     store: BlobStore, chunks: Sequence[Buffer], key: str | None
 ) -> tuple[BlobWriter, str]:
@@ -132,7 +146,7 @@ def _write_hashing(
     writer = store.blob_backend.writer()
     thread = threading.Thread(target=digest, name="cacheness-hash", daemon=True)
     thread.start()
-    try:
+    with _aborting(writer, key):
         try:
             for chunk in chunks:
                 writer.write(chunk)
@@ -140,12 +154,6 @@ def _write_hashing(
             thread.join()
         if failed:
             raise failed[0]
-    except CacheStorageError as exc:
-        writer.abort()
-        raise _with_key(exc, key) from exc
-    except BaseException:
-        writer.abort()
-        raise
     return writer, f"{store.hash_algorithm}:{hasher.hexdigest()}"
 
 
