@@ -1,8 +1,8 @@
 """What the cache keeps, for how long, and what goes first: the cache index.
 
 One interface (:class:`CacheIndex`, in ``_base``) with an implementation per
-metadata backend: SQLite (``_sqlite``, the default, inside the store's file
-when it can be), a JSON file (``_json``) and SQLAlchemy databases such as
+metadata backend: SQLite (``_sqlite``, the default; ``_shared_sqlite`` inside
+the store's file when it can be), a JSON file (``_json``) and SQLAlchemy databases such as
 PostgreSQL (``_sqlalchemy``, imported only when asked for: SQLAlchemy is an
 optional extra). TTL, the size and entry limits, the lru/lfu/fifo orders and
 the statistics are enforced here, in the index's own transactions.
@@ -24,7 +24,8 @@ from cacheness.policy._base import (
     filter_matches,
     is_held,
 )
-from cacheness.policy._sqlite import SharedSqliteIndex, SqliteIndex
+from cacheness.policy._shared_sqlite import SharedSqliteIndex
+from cacheness.policy._sqlite import SqliteIndex
 
 __all__ = [
     "COUNTERS",
