@@ -169,7 +169,7 @@ class UnifiedCache(CustomMetadataMixin):
             MemoryTier(config.memory_cache_entries) if config.memory_cache_entries else None
         )
         # A get reads only a held value and its format (lookup_value); the tier
-        # needs the whole row (store key, expiry) to remember what it read.
+        # also needs the store key and expiry to remember it by (lookup_for_tier).
         self._value_get = self._joined and self._tier is None
         # Reads counted in memory until written (see _reads); bound methods as
         # attributes, so a get's count is one call, as a method of this class would be.

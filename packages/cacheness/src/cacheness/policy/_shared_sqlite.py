@@ -61,25 +61,22 @@ _HELD_GET = (
 # holds a live plain pickle (handler "pickle", codec "none", no info, its recorded
 # size), a JSON array [handler, codec, size, info] when it holds another live value,
 # and '' when the value is in the store or expired at ?1.
-_VALUE_GET = (
-    "SELECT value_hash, value, CASE "
-    "WHEN value IS NULL OR expires <= ?1 THEN '' "
+_HELD_FORMAT = (
     "WHEN value_handler = 'pickle' AND value_codec = 'none' AND value_info = '{}' "
     "AND size = length(value) THEN NULL "
-    "ELSE json_array(value_handler, value_codec, size, value_info) END "
-    "FROM cache_entries WHERE key = ?2"
+    "ELSE json_array(value_handler, value_codec, size, value_info) END"
+)
+_VALUE_GET = (
+    "SELECT value_hash, value, CASE WHEN value IS NULL OR expires <= ?1 THEN '' "
+    f"{_HELD_FORMAT} FROM cache_entries WHERE key = ?2"
 )
 
 # A get with the memory tier needs the store key and expiry to remember the value
 # by: (store_key, expires, value_hash, value, format), the format as in _VALUE_GET
 # but '' only when the value is in the store (the caller checks expiry).
 _TIER_GET = (
-    "SELECT store_key, expires, value_hash, value, CASE "
-    "WHEN value IS NULL THEN '' "
-    "WHEN value_handler = 'pickle' AND value_codec = 'none' AND value_info = '{}' "
-    "AND size = length(value) THEN NULL "
-    "ELSE json_array(value_handler, value_codec, size, value_info) END "
-    "FROM cache_entries WHERE key = ?"
+    "SELECT store_key, expires, value_hash, value, CASE WHEN value IS NULL THEN '' "
+    f"{_HELD_FORMAT} FROM cache_entries WHERE key = ?"
 )
 
 
