@@ -152,7 +152,7 @@ class SharedSqliteIndex(SqliteIndex):
         if self._closed:
             self._check()
         try:
-            return self._backend._conn().execute(_HELD_GET, (key,)).fetchone()
+            return self._backend._row(_HELD_GET, (key,))
         except sqlite3.Error as exc:
             raise CacheBackendError(f"cache index: {exc}", key=key, backend=self.name) from exc
 
@@ -161,7 +161,7 @@ class SharedSqliteIndex(SqliteIndex):
         if self._closed:
             self._check()
         try:
-            return self._backend._conn().execute(_VALUE_GET, (now, key)).fetchone()
+            return self._backend._row(_VALUE_GET, (now, key))
         except sqlite3.Error as exc:
             raise CacheBackendError(f"cache index: {exc}", key=key, backend=self.name) from exc
 
@@ -171,7 +171,7 @@ class SharedSqliteIndex(SqliteIndex):
         if self._closed:
             self._check()
         try:
-            return self._backend._conn().execute(_TIER_GET, (key,)).fetchone()
+            return self._backend._row(_TIER_GET, (key,))
         except sqlite3.Error as exc:
             raise CacheBackendError(f"cache index: {exc}", key=key, backend=self.name) from exc
 
@@ -181,7 +181,7 @@ class SharedSqliteIndex(SqliteIndex):
         if self._closed:
             self._check()
         try:
-            return self._backend._conn().execute(_JOINED, (key,)).fetchone()
+            return self._backend._row(_JOINED, (key,))
         except sqlite3.Error as exc:
             raise CacheBackendError(f"cache index: {exc}", key=key, backend=self.name) from exc
 

@@ -20,6 +20,7 @@ from cacheness.storage.backends._rows import (
     record_to_row,
     row_to_record,
 )
+from cacheness.storage.backends._snapshot import Reader, map_header
 from cacheness.storage.errors import CacheBackendError
 
 __all__ = ["SqliteMetadataBackend"]
@@ -91,9 +92,9 @@ class SqliteMetadataBackend(MetadataBackend):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path).absolute()
         self._local = threading.local()
-        # (owning thread, connection): a connection is closed once its thread is
-        # gone, so thread-pool churn does not pile up open files until close().
-        self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        # (owning thread, its connection's Reader): a connection is closed once its
+        # thread is gone, so thread-pool churn does not pile up open files until close().
+        self._all: list[tuple[threading.Thread, Reader]] = []
         self._all_lock = threading.Lock()
         self._closed = False
         self._pid = os.getpid()
@@ -133,6 +134,9 @@ class SqliteMetadataBackend(MetadataBackend):
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         # A fork counter, not os.getpid() (a system call) on every statement.
         if conn is not None and self._forks == _FORKS[0]:
+            reader = self._local.reader
+            if reader.held:
+                reader.release()  # whatever the caller runs sees the newest state
             return conn
         if self._closed:
             raise CacheBackendError(f"metadata database {self.path} is closed", backend=self.name)
@@ -146,6 +150,7 @@ class SqliteMetadataBackend(MetadataBackend):
         elif conn is not None and (self._local.epoch == self._epoch or self._local.depth):
             # After a reopen (see _check_file) every call comes here: this thread's
             # connection is current, or in a transaction that must end on it.
+            self._local.reader.release()
             return conn
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -160,7 +165,9 @@ class SqliteMetadataBackend(MetadataBackend):
             raise CacheBackendError(
                 f"cannot open metadata database {self.path}: {exc}", backend=self.name
             ) from exc
+        reader = Reader(conn, map_header(conn, self.path))
         self._local.conn = conn
+        self._local.reader = reader
         self._local.depth = 0
         self._local.epoch = self._epoch
         with self._all_lock:
@@ -170,7 +177,7 @@ class SqliteMetadataBackend(MetadataBackend):
                     alive.append((thread, other))
                 else:
                     other.close()
-            alive.append((threading.current_thread(), conn))
+            alive.append((threading.current_thread(), reader))
             self._all = alive
         return conn
 
@@ -195,10 +202,10 @@ class SqliteMetadataBackend(MetadataBackend):
             "a new, empty one" if now is None else "the new file",
         )
         self._epoch += 1
-        old = self._local.conn
+        old: Reader = self._local.reader
         self._local.conn = None
         with self._all_lock:
-            self._all = [(t, c) for t, c in self._all if c is not old]
+            self._all = [(t, r) for t, r in self._all if r is not old]
             others = len(self._all)
         old.close()
         # With no other thread holding a connection, none can be stale: keep the fast
@@ -216,6 +223,9 @@ class SqliteMetadataBackend(MetadataBackend):
         return _Transaction(self)
 
     def _begin(self, conn: sqlite3.Connection) -> None:
+        reader = self._local.reader
+        if reader.held:  # a write cannot begin inside a read transaction
+            reader.release()
         for attempt in range(_LOCK_RETRIES):
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -245,6 +255,16 @@ class SqliteMetadataBackend(MetadataBackend):
     def write_lock(self) -> Any:
         return self._transaction()
 
+    def _row(self, sql: str, params: tuple[Any, ...]) -> Any:
+        """The row of ``sql``, a query that returns at most one (a lookup by a unique
+        key), or None, read in this thread's held snapshot (see ``_snapshot``).
+        Raises ``sqlite3.Error``."""
+        reader = getattr(self._local, "reader", None)
+        if reader is None or self._forks != _FORKS[0]:
+            self._conn()  # a new, forked or reopened connection comes with its Reader
+            reader = self._local.reader
+        return reader.row(sql, params)
+
     def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
         try:
             return self._conn().execute(sql, params)
@@ -259,7 +279,10 @@ class SqliteMetadataBackend(MetadataBackend):
 
     def get_for_load(self, key: str) -> EntryRecord | None:
         # Each column read costs ~0.3 µs: skip those a load does not need.
-        row = self._execute(_SELECT_LOAD, (key,)).fetchone()
+        try:
+            row = self._row(_SELECT_LOAD, (key,))
+        except sqlite3.Error as exc:
+            raise CacheBackendError(f"{self.path}: {exc}", backend=self.name) from exc
         if row is None:
             return None
         return load_record(key, row)
@@ -354,8 +377,8 @@ class SqliteMetadataBackend(MetadataBackend):
         self._closed = True
         with self._all_lock:
             conns, self._all = self._all, []
-        for _thread, conn in conns:
-            conn.close()
+        for _thread, reader in conns:
+            reader.close()
         self._local = threading.local()
 
 
