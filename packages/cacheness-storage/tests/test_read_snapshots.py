@@ -177,3 +177,43 @@ def test_a_fork_inherits_no_snapshot(store: BlobStore) -> None:
     assert p.exitcode == 0
     assert busy_in_child is False  # the fork ended the parent's snapshot first
     assert store.get("k1") == {"n": 1}
+
+
+def test_close_waits_for_a_snapshot_being_ended(store: BlobStore) -> None:
+    """The reaper ends a snapshot (a COMMIT) under the reader's lock; closing the
+    connection in the middle of that COMMIT crashed the process (seen in the
+    DataFrame benchmark). A slow COMMIT shows whether close waits for it."""
+    _hold(store)
+    reader = store.metadata_backend._local.reader  # type: ignore[attr-defined]
+    assert reader.held
+    events: list[str] = []
+    in_commit = threading.Event()
+
+    class SlowCommit:
+        def __init__(self, conn: sqlite3.Connection) -> None:
+            self._conn = conn
+
+        def execute(self, sql: str, *args: object) -> object:
+            if sql == "COMMIT":
+                in_commit.set()
+                time.sleep(0.3)
+                events.append("commit done")
+            return self._conn.execute(sql, *args)
+
+        def close(self) -> None:
+            events.append("close")
+            self._conn.close()
+
+    reader.conn = SlowCommit(reader.conn)
+
+    def reaper_like() -> None:
+        with reader.lock:  # as _Reaper._visit ends an idle snapshot
+            reader._end()
+
+    t = threading.Thread(target=reaper_like)
+    t.start()
+    assert in_commit.wait(5)
+    store.close()
+    t.join()
+    assert events == ["commit done", "close"]
+    assert not _checkpoint_busy(_db(store.root))

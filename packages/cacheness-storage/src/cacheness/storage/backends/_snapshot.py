@@ -179,19 +179,23 @@ class Reader:
     def close(self) -> None:
         """End the snapshot and close the connection (then the header, if this was
         the last connection of ours on the file)."""
-        self.release()
-        self.conn.close()
+        with self.lock:  # never while the reaper is ending the snapshot on it
+            if self.held:
+                self._end()
+            self.conn.close()
         header, self.header_file, self.header_map = self.header_file, None, None
         if header is not None:
             header.release()
 
     def _end(self) -> None:
-        """End the open snapshot (``self.lock`` held)."""
-        self.held = False
+        """End the open snapshot (``self.lock`` held). ``held`` turns False only once
+        the COMMIT is done: ``release`` looks at it without the lock, and must wait
+        for an end in progress rather than use the connection beside it."""
         try:
             self.conn.execute("COMMIT")
         except sqlite3.Error as exc:  # a closed connection: nothing is held any more
             logger.debug("ending a read snapshot: %s", exc)
+        self.held = False
         if self.uses > 1:
             self.backoff = 0
         else:
