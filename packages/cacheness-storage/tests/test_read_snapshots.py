@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from cacheness.storage import BlobStore
-from cacheness.storage.backends._snapshot import IDLE_S
+from cacheness.storage.backends import _snapshot
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork and POSIX locks")
 
@@ -61,8 +61,16 @@ def _wait_not_busy(db: Path, seconds: float = 5.0) -> bool:
     while time.monotonic() < deadline:
         if not _checkpoint_busy(db):
             return True
-        time.sleep(IDLE_S)
+        time.sleep(0.05)
     return False
+
+
+@pytest.fixture(autouse=True)
+def slow_reaper(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A held snapshot outlives its last use by 0.3 s or more (the thread reads the
+    interval each round): the probes right after the gets see it held, even on a
+    loaded machine."""
+    monkeypatch.setattr(_snapshot, "IDLE_S", 0.3)
 
 
 @pytest.fixture
@@ -77,10 +85,10 @@ def test_gets_hold_a_snapshot_that_an_idle_store_lets_go(store: BlobStore) -> No
     db = _db(store.root)
     _hold(store)
     assert _checkpoint_busy(db), "the gets held no snapshot: the feature is off"
-    assert _wait_not_busy(db, seconds=20 * IDLE_S + 2), "an idle snapshot stayed held"
+    assert _wait_not_busy(db, seconds=10 * _snapshot.IDLE_S + 2), "an idle snapshot stayed held"
     deadline = time.monotonic() + 5
     while _reaper_running() and time.monotonic() < deadline:
-        time.sleep(IDLE_S)
+        time.sleep(0.05)
     assert not _reaper_running(), "nothing is held, yet the thread runs on"
     assert store.get("k3") == {"n": 3}  # and a get after that begins a new one
 
@@ -217,3 +225,20 @@ def test_close_waits_for_a_snapshot_being_ended(store: BlobStore) -> None:
     t.join()
     assert events == ["commit done", "close"]
     assert not _checkpoint_busy(_db(store.root))
+
+
+def test_alternating_writes_back_off_and_reads_resume_holding(store: BlobStore) -> None:
+    """A snapshot that a write ends after one lookup cost a BEGIN and a COMMIT for
+    nothing: the reader backs off to plain lookups, and holds again once reads
+    repeat without writes in between."""
+    reader = store.metadata_backend._local.reader  # type: ignore[attr-defined]
+    for i in range(12):
+        store.put(i, key="w")
+        assert store.get("w") == i
+    assert reader.backoff >= 4 and not reader.held
+    for _ in range(200):  # the skipped lookups run out; the next snapshot is reused
+        assert store.get("k1") == {"n": 1}
+    assert reader.held and reader.uses > 100
+    assert _checkpoint_busy(_db(store.root))
+    store.put("x", key="w")  # ends a snapshot that served many: no backing off
+    assert not reader.held and reader.backoff == 0 and reader.skip == 0
