@@ -242,3 +242,20 @@ def test_alternating_writes_back_off_and_reads_resume_holding(store: BlobStore) 
     assert _checkpoint_busy(_db(store.root))
     store.put("x", key="w")  # ends a snapshot that served many: no backing off
     assert not reader.held and reader.backoff == 0 and reader.skip == 0
+
+
+def test_a_failed_lookup_leaves_no_transaction_open(store: BlobStore) -> None:
+    from cacheness.storage.errors import CacheBackendError
+
+    _hold(store)
+    other = sqlite3.connect(_db(store.root), isolation_level=None)
+    try:
+        other.execute("ALTER TABLE entries RENAME TO entries_away")
+        with pytest.raises(CacheBackendError):
+            store.get("k1")
+        other.execute("ALTER TABLE entries_away RENAME TO entries")
+    finally:
+        other.close()
+    assert store.get("k1") == {"n": 1}
+    store.put("after", key="k1")  # a write begins: nothing was left open
+    assert store.get("k1") == "after"

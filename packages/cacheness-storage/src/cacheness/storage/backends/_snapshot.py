@@ -111,7 +111,6 @@ class Reader:
     """One thread's connection and cursor, with the snapshot it may hold open."""
 
     __slots__ = (
-        "__weakref__",
         "backoff",
         "conn",
         "cur",
@@ -160,7 +159,10 @@ class Reader:
             try:
                 row = self.cur.execute(sql, params).fetchone()
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                try:
+                    self.conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # the lookup's own error is the one to report
                 raise
             self.header = header
             self.held = True
