@@ -259,3 +259,26 @@ def test_a_failed_lookup_leaves_no_transaction_open(store: BlobStore) -> None:
     assert store.get("k1") == {"n": 1}
     store.put("after", key="k1")  # a write begins: nothing was left open
     assert store.get("k1") == "after"
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts /proc/self/fd")
+def test_stores_dropped_without_close_leave_no_descriptors(tmp_path: Path) -> None:
+    import gc
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    gc.collect()
+    before = open_fds()
+    for i in range(50):
+        s = BlobStore(tmp_path / f"s{i}")
+        s.put(i, key="k")
+        assert s.get("k") == i
+        del s
+    deadline = time.monotonic() + 5  # the reaper lets go of the last snapshots
+    while True:
+        gc.collect()
+        if open_fds() <= before or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert open_fds() <= before

@@ -119,6 +119,7 @@ class Reader:
         "header_map",
         "held",
         "lock",
+        "pid",
         "skip",
         "touched",
         "uses",
@@ -127,6 +128,7 @@ class Reader:
     def __init__(self, conn: sqlite3.Connection, header: _Header | None) -> None:
         self.conn = conn
         self.header_file = header
+        self.pid = os.getpid()
         self.cur = conn.cursor()  # a statement through a new cursor costs ~0.4 µs more
         self.lock = threading.Lock()  # the owner's lookups against the reaper's ending
         self.header_map = None if header is None else header.map
@@ -188,6 +190,21 @@ class Reader:
         header, self.header_file, self.header_map = self.header_file, None, None
         if header is not None:
             header.release()
+
+    def __del__(self) -> None:
+        # A store dropped without close(): its connection goes with this object, so
+        # the header's descriptor may go too (closed after the connection, see
+        # _Header), or every such store would keep two descriptors open for good.
+        # In a forked child the descriptor is the parent's copy: closing it would drop
+        # the locks of the child's own connections to the file, so it stays open.
+        header = self.header_file
+        if header is not None and self.pid == os.getpid():
+            self.header_file = None
+            try:
+                self.conn.close()
+                header.release()
+            except Exception:  # noqa: BLE001 - interpreter shutdown: nothing to keep
+                pass
 
     def _end(self) -> None:
         """End the open snapshot (``self.lock`` held). ``held`` turns False only once
