@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from cacheness import cacheness
+from cacheness.policy import Pending
 
 from .conftest import Clock
 
@@ -119,14 +122,25 @@ def test_reads_of_a_few_keys_wait_for_the_interval(tmp_path: Path) -> None:
         assert _hits(tmp_path) == {a: 10_000 - n_b, b: n_b}
 
 
+def _eventually(check: Callable[[], bool], seconds: float = 30.0) -> bool:
+    """The write-behind lands without any further call into the cache."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def test_reads_of_4096_distinct_keys_are_written_at_once(tmp_path: Path) -> None:
     with cacheness(cache_dir=tmp_path, access_flush_seconds=3600) as cache:
         keys = [cache.put(i, item=i) for i in range(4096)]
         for i in range(4095):
             assert cache.get(item=i) == i
+        time.sleep(0.2)  # a write started by the reads so far would show by now
         assert sum(_hits(tmp_path).values()) == 0
         assert cache.get(item=4095) == 4095  # the 4096th distinct key
-        assert _hits(tmp_path) == dict.fromkeys(keys, 1)
+        assert _eventually(lambda: _hits(tmp_path) == dict.fromkeys(keys, 1))
 
 
 def test_with_no_interval_every_read_is_written(tmp_path: Path) -> None:
@@ -134,4 +148,51 @@ def test_with_no_interval_every_read_is_written(tmp_path: Path) -> None:
         a = cache.put("a", item="a")
         for n in (1, 2):
             assert cache.get(item="a") == "a"
-            assert _hits(tmp_path)[a] == n
+            assert _eventually(lambda n=n: _hits(tmp_path)[a] == n)
+
+
+def test_the_read_that_finds_a_batch_due_does_not_wait_for_its_write(tmp_path: Path) -> None:
+    """Another process holds the write lock: the batch's write waits for it, the get
+    that handed the batch over does not; the rows are written once the lock goes."""
+    with cacheness(cache_dir=tmp_path, access_flush_seconds=3600) as cache:
+        keys = [cache.put(i, item=i) for i in range(4096)]
+        for i in range(4095):
+            assert cache.get(item=i) == i
+        locker = sqlite3.connect(tmp_path / "metadata.sqlite", isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")
+        try:
+            got: list[object] = []
+            reader = threading.Thread(target=lambda: got.append(cache.get(item=4095)))
+            reader.start()
+            reader.join(timeout=10)  # a get writing the batch itself would wait 30 s here
+            assert got == [4095]
+            assert sum(_hits(tmp_path).values()) == 0  # the write waits for the lock
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        assert _eventually(lambda: _hits(tmp_path) == dict.fromkeys(keys, 1))
+        s = cache.stats()
+        assert s["hits"] == 4096
+
+
+def test_a_failed_write_behind_keeps_the_reads(tmp_path: Path) -> None:
+    from cacheness._reads import BATCH, ReadLog
+
+    written: list[Pending] = []
+    failing = [True]
+
+    def write(pending: Pending) -> None:
+        if failing[0]:
+            raise OSError("disk full")
+        written.append(({k: list(v) for k, v in pending[0].items()}, dict(pending[1])))
+
+    log = ReadLog(3600.0, write)
+    for i in range(BATCH):
+        log.hit(f"k{i}", float(i))
+    log.settle()  # the write-behind failed
+    assert written == [] and log.pending_hits("k7") == 1
+    failing[0] = False
+    log.flush()
+    ((access, counts),) = written
+    assert len(access) == BATCH and access["k7"] == [1, 7.0]
+    assert counts == {"hits": BATCH, "misses": 0}

@@ -180,6 +180,7 @@ class UnifiedCache(CustomMetadataMixin):
         self._take_pending = log.take
         self._flush = log.flush
         self._pending_hits = log.pending_hits
+        self._settle = log.settle
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._evict_logged = False
         self._closed = False
@@ -516,6 +517,7 @@ class UnifiedCache(CustomMetadataMixin):
         ``key_params``, ``expires_at``, ``hits``, ``description`` and ``cache_key``."""
         key = self._key(cache_key, key_params, on)
         self._check_open()
+        self._settle()  # rows then hold every hit but those still pending
         row = self._index.row(key)
         now = self._clock()
         if row is None:
@@ -553,6 +555,7 @@ class UnifiedCache(CustomMetadataMixin):
         """The metadata ``get_with_metadata`` returns, without loading the value."""
         key = self._key(cache_key, key_params, on)
         self._check_open()
+        self._settle()
         row = self._live_row(key)
         if row is None:
             return None
@@ -647,6 +650,9 @@ class UnifiedCache(CustomMetadataMixin):
         )
         if self._closed:
             self._check_open()
+        # Before the put's transaction, never in it (the write-behind needs the write
+        # lock); then an evicting put chooses its victims from up-to-date access data.
+        self._settle()
         expires_in = self._default_ttl if ttl_seconds is _UNSET else self._ttl(ttl_seconds)
         custom = None if custom_metadata is None else self._prepare_custom_metadata(custom_metadata)
         if description is not None and not isinstance(description, str):

@@ -8,10 +8,16 @@ per key; the sums are written when ``access_flush_seconds`` have passed or
 read, so reads repeating keys (a hot set, the memory tier) write once a second,
 not once per batch (~4 µs per key each time); distinct keys still write every
 ``BATCH`` reads.
+
+A write found due by a read is made by a thread of its own (write-behind): on a
+large index 4096 rows take 0.2 to 0.6 s to write, which the read that found them
+due used to wait for. One such write runs at a time; reads meanwhile keep
+summing. ``flush`` (stats, close, listing) and ``settle`` (metadata) wait for it.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +26,8 @@ from typing import Final
 from cacheness.policy import Pending
 
 __all__ = ["BATCH", "ReadLog"]
+
+logger = logging.getLogger(__name__)
 
 BATCH: Final = 4096
 # What take() hands over when nothing waits: indexes only read (or clear) it.
@@ -41,6 +49,8 @@ class ReadLog:
         self._flush_s = flush_seconds
         self._flush_at = time.monotonic() + flush_seconds  # reads are written by then
         self._write = write
+        self._writer: threading.Thread | None = None  # the write-behind in progress
+        self._inflight: Pending = _NOTHING  # what it writes
 
     def hit(self, key: str, now: float) -> None:
         reads = self._reads
@@ -65,7 +75,54 @@ class ReadLog:
                 self._fold()
                 if len(self._summed) < BATCH:
                     return
-        self.flush()
+        self._write_behind()
+
+    def _write_behind(self) -> None:
+        """Hand what waits to a thread that writes it, unless one is still writing
+        (then it waits for the next read that finds it due)."""
+        with self._lock:
+            if self._writer is not None:
+                return
+            pending = self._take()
+            if pending is _NOTHING:
+                return
+            self._inflight = pending
+            writer = self._writer = threading.Thread(
+                target=self._write_inflight, name="cacheness-read-log", daemon=True
+            )
+        writer.start()
+
+    def _write_inflight(self) -> None:
+        pending = self._inflight
+        try:
+            self._write(pending)
+        except Exception as exc:  # noqa: BLE001 - no caller to raise to: keep them
+            logger.warning("access data not written (%s); kept for the next write", exc)
+            with self._lock:
+                self._restore(pending)
+        finally:
+            self._inflight = _NOTHING
+            self._writer = None
+
+    def _restore(self, pending: Pending) -> None:
+        """Put back sums a failed write took (``self._lock`` held)."""
+        access, counts = pending
+        for key, (hits, at) in access.items():
+            a = self._summed.get(key)
+            if a is None:
+                self._summed[key] = [hits, at]
+            else:
+                a[0] += hits
+                a[1] = max(a[1], at)
+        self._summed_hits += counts.get("hits", 0)
+        self._summed_misses += counts.get("misses", 0)
+
+    def settle(self) -> None:
+        """Wait for the write-behind in progress, if any: what it writes is then in
+        the index, and none of it is counted as pending any more."""
+        writer = self._writer
+        if writer is not None and writer is not threading.current_thread():
+            writer.join()
 
     def _fold(self) -> None:
         """Move the reads in ``self._reads`` into the sums (``self._lock`` held)."""
@@ -98,14 +155,22 @@ class ReadLog:
         if not self._reads and not (self._summed_hits or self._summed_misses):
             return _NOTHING  # the usual put: nothing waits, no lock taken
         with self._lock:
-            self._fold()
-            access, hits, misses = self._summed, self._summed_hits, self._summed_misses
-            self._summed = {}
-            self._summed_hits = self._summed_misses = 0
-            self._flush_at = time.monotonic() + self._flush_s
+            return self._take()
+
+    def _take(self) -> Pending:
+        """``take`` with ``self._lock`` held."""
+        self._fold()
+        access, hits, misses = self._summed, self._summed_hits, self._summed_misses
+        self._flush_at = time.monotonic() + self._flush_s
+        if not (access or hits or misses):
+            return _NOTHING
+        self._summed = {}
+        self._summed_hits = self._summed_misses = 0
         return access, {"hits": hits, "misses": misses}
 
     def flush(self) -> None:
+        """Write every read not yet written, now (after the write-behind, if any)."""
+        self.settle()
         self._write(self.take())
 
     def pending_hits(self, key: str) -> int:
@@ -113,5 +178,7 @@ class ReadLog:
         with self._lock:  # no fold between the two counts: none is counted twice or missed
             summed = self._summed.get(key)
             n = 0 if summed is None else int(summed[0])
+            inflight = self._inflight[0].get(key)
+            n += 0 if inflight is None else int(inflight[0])
             reads = self._reads.copy()
         return n + sum(1 for read in reads if read is not None and read[0] == key)
