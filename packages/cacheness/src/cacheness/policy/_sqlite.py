@@ -103,6 +103,19 @@ _HELD_COLS = (
     "value_type, value_handler, value_codec, value_hash, value_created_us, value_info, value"
 )
 _LOCK_RETRIES = 50
+# Batches of reads from this many keys are written with one UPDATE ... FROM
+# (SQLite 3.33 and later), fewer with one UPDATE per key.
+_MANY_READS = 64
+_UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33, 0)
+_READS_TABLE = (
+    "CREATE TEMP TABLE IF NOT EXISTS cache_reads "
+    "(key TEXT PRIMARY KEY NOT NULL, hits INTEGER NOT NULL, accessed REAL NOT NULL)"
+)
+_APPLY_READS = (
+    "UPDATE cache_entries SET hits = cache_entries.hits + r.hits, "
+    "accessed = max(cache_entries.accessed, r.accessed) "
+    "FROM temp.cache_reads AS r WHERE cache_entries.key = r.key"
+)
 _STATE = "SELECT generation, entries, size_bytes FROM cache_state WHERE id = 1"
 _INSERT_ROW = (
     f"INSERT INTO cache_entries ({_ROW_COLS}, {_HELD_COLS}) "
@@ -430,7 +443,20 @@ class SqliteIndex(CacheIndex):
 
     def _flush(self, conn: sqlite3.Connection, pending: Pending) -> None:
         access, counts = pending
-        if access:
+        if len(access) >= _MANY_READS and _UPDATE_FROM:
+            # One UPDATE for the batch: the rows go into a temporary table first
+            # (cheap), then SQLite rewrites the index rows in a single statement,
+            # with the GIL released throughout. executemany takes the GIL back
+            # between rows, and a write-behind then slows every get running beside it.
+            conn.execute(_READS_TABLE)
+            conn.executemany(
+                "INSERT INTO temp.cache_reads VALUES (?, ?, ?)",
+                [(k, int(v[0]), v[1]) for k, v in access.items()],
+            )
+            conn.execute(_APPLY_READS)
+            conn.execute("DELETE FROM temp.cache_reads")
+            access.clear()
+        elif access:
             conn.executemany(
                 "UPDATE cache_entries SET hits = hits + ?, accessed = max(accessed, ?) "
                 "WHERE key = ?",
