@@ -90,16 +90,21 @@ class ReadLog:
             writer = self._writer = threading.Thread(
                 target=self._write_inflight, name="cacheness-read-log", daemon=True
             )
-        writer.start()
+        try:
+            writer.start()
+        except RuntimeError:  # no new threads (interpreter shutdown): write it here
+            self._write_inflight()
 
     def _write_inflight(self) -> None:
         pending = self._inflight
+        # The index empties the dicts it wrote; a failure after that keeps the copies.
+        kept = (dict(pending[0]), dict(pending[1]))
         try:
             self._write(pending)
         except Exception as exc:  # noqa: BLE001 - no caller to raise to: keep them
             logger.warning("access data not written (%s); kept for the next write", exc)
             with self._lock:
-                self._restore(pending)
+                self._restore(kept)
         finally:
             self._inflight = _NOTHING
             self._writer = None
