@@ -197,12 +197,10 @@ class Reader:
         # _Header), or every such store would keep two descriptors open for good.
         # In a forked child the descriptor is the parent's copy: closing it would drop
         # the locks of the child's own connections to the file, so it stays open.
-        header = self.header_file
-        if header is not None and self.pid == os.getpid():
-            self.header_file = None
+        # (A held snapshot keeps its Reader referenced by the reaper: none is held here.)
+        if self.header_file is not None and self.pid == os.getpid():
             try:
-                self.conn.close()
-                header.release()
+                self.close()
             except Exception:  # noqa: BLE001 - interpreter shutdown: nothing to keep
                 pass
 
