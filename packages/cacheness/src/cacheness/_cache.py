@@ -60,6 +60,7 @@ from cacheness.storage import BlobStore
 from cacheness.storage.abc import EntryRecord
 from cacheness.storage.backends._rows import load_record
 from cacheness.storage.errors import (
+    CacheBackendError,
     CacheConfigError,
     CacheError,
     CacheIntegrityError,
@@ -181,6 +182,7 @@ class UnifiedCache(CustomMetadataMixin):
         self._flush = log.flush
         self._pending_hits = log.pending_hits
         self._settle = log.settle
+        self._pending_counts = log.pending_counts
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._evict_logged = False
         self._closed = False
@@ -914,8 +916,18 @@ class UnifiedCache(CustomMetadataMixin):
         """hits, misses, hit_rate, entries, size_bytes (stored, deduplicated), evictions,
         expired: totals of every process that used this cache directory."""
         self._check_open()
-        self._flush()
-        c = self._index.counters()
+        try:
+            self._flush()
+        except CacheBackendError as exc:
+            # A read must not fail for want of a write (a full disk): the reads not
+            # written are counted from memory, and written with a later flush.
+            logger.warning("stats(): access data not written (%s); counted from memory", exc)
+            c = dict(self._index.counters())
+            hits, misses = self._pending_counts()
+            c["hits"] += hits
+            c["misses"] += misses
+        else:
+            c = self._index.counters()
         total = c["hits"] + c["misses"]
         return {
             "hits": c["hits"],

@@ -174,9 +174,25 @@ class ReadLog:
         return access, {"hits": hits, "misses": misses}
 
     def flush(self) -> None:
-        """Write every read not yet written, now (after the write-behind, if any)."""
+        """Write every read not yet written, now (after the write-behind, if any).
+        A failed write raises, and keeps the reads for the next one."""
         self.settle()
-        self._write(self.take())
+        pending = self.take()
+        if pending is _NOTHING:
+            return
+        kept = (dict(pending[0]), dict(pending[1]))
+        try:
+            self._write(pending)
+        except BaseException:
+            with self._lock:
+                self._restore(kept)
+            raise
+
+    def pending_counts(self) -> tuple[int, int]:
+        """(hits, misses) counted and not yet written."""
+        with self._lock:
+            self._fold()
+            return self._summed_hits, self._summed_misses
 
     def pending_hits(self, key: str) -> int:
         """Hits of ``key`` counted and not yet written."""
