@@ -12,6 +12,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -22,8 +23,14 @@ from .conftest import Clock
 
 
 def _hits(root: Path) -> dict[str, int]:
-    with sqlite3.connect(root / "metadata.sqlite") as conn:
-        return dict(conn.execute("SELECT key, hits FROM cache_entries").fetchall())
+    """Hits written to the file: in the entry's row, and those waiting in cache_access."""
+    with closing(sqlite3.connect(root / "metadata.sqlite")) as conn:
+        return dict(
+            conn.execute(
+                "SELECT e.key, e.hits + coalesce(a.hits, 0) FROM cache_entries AS e "
+                "LEFT JOIN cache_access AS a ON a.kid = e.kid"
+            ).fetchall()
+        )
 
 
 def test_a_put_that_evicts_nothing_leaves_reads_waiting(tmp_path: Path) -> None:

@@ -94,7 +94,7 @@ class SharedSqliteIndex(SqliteIndex):
         self.path = backend.path
         self._backend = backend
         self._policy = policy
-        self._order = ", ".join(POLICY_ORDER[policy])
+        self._order = ", ".join(f"e.{c}" for c in POLICY_ORDER[policy])
         self._closed = False
         self._pid = os.getpid()
         self._lock = threading.RLock()  # unused: connections are per thread

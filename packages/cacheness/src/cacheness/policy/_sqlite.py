@@ -95,6 +95,11 @@ CREATE TABLE IF NOT EXISTS cache_state (
     size_bytes INTEGER NOT NULL DEFAULT 0
 );
 INSERT OR IGNORE INTO cache_state (id) VALUES (1);
+CREATE TABLE IF NOT EXISTS cache_access (
+    kid INTEGER PRIMARY KEY,
+    hits INTEGER NOT NULL,
+    accessed REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS cache_leases (
     name TEXT PRIMARY KEY NOT NULL,
     owner TEXT NOT NULL,
@@ -109,20 +114,41 @@ _ROW_COLS = (
 _HELD_COLS = (
     "value_type, value_handler, value_codec, value_hash, value_created_us, value_info, value"
 )
+# What reads add to an entry's access data waits in cache_access (20-byte rows, ~200
+# per page) until eviction needs the entry's place in the policy order (``_evict``
+# moves it into the row then). Written into cache_entries, each distinct key read
+# rewrote a page of the table and two of the policy index: at 1,000,000 entries
+# ~60 µs of background writing per key, which slowed the gets running beside it.
+# Readers of access data add both (_ROW_SELECT).
+_ROW_SELECT = (
+    "e.key, e.store_key, e.content_hash, e.size, e.created, "
+    "max(e.accessed, coalesce(a.accessed, e.accessed)), e.hits + coalesce(a.hits, 0), "
+    "e.expires, e.key_params, e.description, e.metadata "
+    "FROM cache_entries AS e LEFT JOIN cache_access AS a ON a.kid = e.kid"
+)
 _LOCK_RETRIES = 50
-# Batches of reads from this many keys are written with one UPDATE ... FROM
-# (SQLite 3.33 and later), fewer with one UPDATE per key.
+# Batches of reads from this many keys go through a temporary table and one
+# statement, fewer with one statement per key.
 _MANY_READS = 64
-_UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33, 0)
 _READS_TABLE = (
     "CREATE TEMP TABLE IF NOT EXISTS cache_reads (kid INTEGER NOT NULL, "
     "key TEXT NOT NULL, hits INTEGER NOT NULL, accessed REAL NOT NULL, PRIMARY KEY (kid, key))"
 )
-_APPLY_READS = (
-    "UPDATE cache_entries SET hits = cache_entries.hits + r.hits, "
-    "accessed = max(cache_entries.accessed, r.accessed) "
-    "FROM temp.cache_reads AS r WHERE cache_entries.kid = r.kid AND cache_entries.key = r.key"
+# Only for keys still in the index (an entry may have gone since it was read).
+_ADD_ACCESS = (
+    " ON CONFLICT (kid) DO UPDATE SET hits = hits + excluded.hits, "
+    "accessed = max(accessed, excluded.accessed)"
 )
+_APPLY_READS = (
+    "INSERT INTO cache_access (kid, hits, accessed) SELECT r.kid, r.hits, r.accessed "
+    "FROM temp.cache_reads AS r JOIN cache_entries AS e ON e.kid = r.kid AND e.key = r.key "
+    "WHERE true" + _ADD_ACCESS
+)
+_APPLY_READ = (
+    "INSERT INTO cache_access (kid, hits, accessed) SELECT kid, ?, ? FROM cache_entries "
+    "WHERE kid = ? AND key = ?" + _ADD_ACCESS
+)
+_DROP_ACCESS = "DELETE FROM cache_access WHERE kid = ?"
 _OLD_VALUE = "SELECT store_key, content_hash, size FROM cache_entries WHERE kid = ? AND key = ?"
 _STATE = "SELECT generation, entries, size_bytes FROM cache_state WHERE id = 1"
 _INSERT_ROW = (
@@ -343,7 +369,7 @@ class SqliteIndex(CacheIndex):
         self._policy = policy
         self._kid = entry_id
         self._conn = self._connect()
-        self._order = ", ".join(POLICY_ORDER[policy])
+        self._order = ", ".join(f"e.{c}" for c in POLICY_ORDER[policy])
 
     def _connect(self) -> sqlite3.Connection:
         target = ":memory:" if self.path is None else str(self.path)
@@ -455,8 +481,7 @@ class SqliteIndex(CacheIndex):
 
     def row(self, key: str) -> IndexRow | None:
         rows = self._read(
-            f"SELECT {_ROW_COLS} FROM cache_entries WHERE kid = ? AND key = ?",
-            (self._kid(key), key),
+            f"SELECT {_ROW_SELECT} WHERE e.kid = ? AND e.key = ?", (self._kid(key), key)
         )
         return _row(rows[0]) if rows else None
 
@@ -464,11 +489,11 @@ class SqliteIndex(CacheIndex):
         if prefix:
             lo, hi = _prefix_bounds(prefix)
             found = self._read(
-                f"SELECT {_ROW_COLS} FROM cache_entries WHERE key >= ? AND key < ? ORDER BY key",
+                f"SELECT {_ROW_SELECT} WHERE e.key >= ? AND e.key < ? ORDER BY e.key",
                 (lo, hi),
             )
         else:
-            found = self._read(f"SELECT {_ROW_COLS} FROM cache_entries ORDER BY key")
+            found = self._read(f"SELECT {_ROW_SELECT} ORDER BY e.key")
         return [_row(r) for r in found]
 
     def counters(self) -> dict[str, int]:
@@ -498,11 +523,11 @@ class SqliteIndex(CacheIndex):
 
     def _flush(self, conn: sqlite3.Connection, pending: Pending) -> None:
         access, counts = pending
-        if len(access) >= _MANY_READS and _UPDATE_FROM:
-            # One UPDATE for the batch: the rows go into a temporary table first
-            # (cheap), then SQLite rewrites the index rows in a single statement,
-            # with the GIL released throughout. executemany takes the GIL back
-            # between rows, and a write-behind then slows every get running beside it.
+        if len(access) >= _MANY_READS:
+            # One statement for the batch: the rows go into a temporary table first
+            # (cheap), then SQLite adds them up in a single statement, with the GIL
+            # released throughout. executemany takes the GIL back between rows, and a
+            # write-behind then slows every get running beside it.
             conn.execute(_READS_TABLE)
             kid = self._kid
             conn.executemany(
@@ -514,11 +539,7 @@ class SqliteIndex(CacheIndex):
             access.clear()
         elif access:
             kid = self._kid
-            conn.executemany(
-                "UPDATE cache_entries SET hits = hits + ?, accessed = max(accessed, ?) "
-                "WHERE kid = ? AND key = ?",
-                [(int(v[0]), v[1], kid(k), k) for k, v in access.items()],
-            )
+            conn.executemany(_APPLY_READ, [(int(v[0]), v[1], kid(k), k) for k, v in access.items()])
             access.clear()
         if any(counts.values()):
             conn.execute(
@@ -581,6 +602,7 @@ class SqliteIndex(CacheIndex):
                 # In place, not INSERT OR REPLACE: the row's indexes are rewritten only
                 # where a column they hold changes (~19 µs of an overwrite).
                 conn.execute(_OVERWRITE_ROW, (*values, kid))
+                conn.execute(_DROP_ACCESS, (kid,))  # the new value has no reads yet
             d_entries, d_size = 1, 0
             if old is not None:
                 d_entries = 0
@@ -626,19 +648,31 @@ class SqliteIndex(CacheIndex):
         pending = take_pending()  # the victims are chosen by access data that counts them
         if pending[0] or any(pending[1].values()):
             self._flush(conn, pending)
-        # Each batch is an indexed range scan from the policy's first victim.
+        # Each batch is an indexed range scan from the policy's first victim by the
+        # access data in the rows. A candidate read since (a cache_access row) may
+        # belong later in the order: its reads are moved into its row, and the scan
+        # starts again. Every entry not yet scanned is at least as late as the
+        # candidate (reads only move an entry later), so one without reads is the
+        # policy's victim. FIFO orders by creation, which reads never change.
         select = (
-            f"SELECT kid, store_key, content_hash, size FROM cache_entries WHERE kid != ? "
-            f"ORDER BY {self._order} LIMIT ?"
+            "SELECT e.kid, e.store_key, e.content_hash, e.size, a.hits, a.accessed "
+            "FROM cache_entries AS e LEFT JOIN cache_access AS a ON a.kid = e.kid "
+            f"WHERE e.kid != ? ORDER BY {self._order} LIMIT ?"
         )
+        moves = self._policy != "fifo"
         while over_n > 0 or over_b > 0:
-            batch = conn.execute(select, (keep, max(over_n, 8 if over_b > 0 else 1))).fetchall()
+            batch = conn.execute(select, (keep, max(over_n, 8))).fetchall()
             if not batch:
                 result.oversized = over_b > 0
                 break
-            for kid, store_key, content_hash, size in batch:
+            for i, (kid, store_key, content_hash, size, hits, _at) in enumerate(batch):
                 if over_n <= 0 and over_b <= 0:
                     break
+                if hits is not None:
+                    conn.execute(_DROP_ACCESS, (kid,))
+                    if moves:
+                        self._move_reads(conn, [r for r in batch[i:] if r[4] is not None])
+                        break
                 conn.execute("DELETE FROM cache_entries WHERE kid = ?", (kid,))
                 freed = self._drop_content(conn, content_hash, size)
                 over_n -= 1
@@ -655,6 +689,14 @@ class SqliteIndex(CacheIndex):
             (gen,) = conn.execute("SELECT generation FROM cache_state WHERE id = 1").fetchone()
             self.generation.write(gen)
             result.generation = int(gen)
+
+    def _move_reads(self, conn: sqlite3.Connection, rows: list[Any]) -> None:
+        """Add the reads waiting in cache_access to these ``_evict`` candidates' rows."""
+        conn.executemany(
+            "UPDATE cache_entries SET hits = hits + ?, accessed = max(accessed, ?) WHERE kid = ?",
+            [(r[4], r[5], r[0]) for r in rows],
+        )
+        conn.executemany(_DROP_ACCESS, [(r[0],) for r in rows])
 
     def replace_value(
         self, key: str, store_key: str, content_hash: str, size: int, now: float
@@ -685,6 +727,7 @@ class SqliteIndex(CacheIndex):
             if old is None or (store_key is not None and old[0] != store_key):
                 return None
             conn.execute("DELETE FROM cache_entries WHERE kid = ?", (kid,))
+            conn.execute(_DROP_ACCESS, (kid,))
             freed = self._drop_content(conn, old[1], old[2])
             self._bump(conn, -1, -freed)
             if counter is not None:
@@ -713,6 +756,7 @@ class SqliteIndex(CacheIndex):
             freed = 0
             for kid, _, content_hash, size in found:
                 conn.execute("DELETE FROM cache_entries WHERE kid = ?", (kid,))
+                conn.execute(_DROP_ACCESS, (kid,))
                 freed += self._drop_content(conn, content_hash, size)
             if found:
                 conn.execute(
@@ -733,6 +777,7 @@ class SqliteIndex(CacheIndex):
                 freed = 0
                 for kid, _, content_hash, size in found:
                     conn.execute("DELETE FROM cache_entries WHERE kid = ?", (kid,))
+                    conn.execute(_DROP_ACCESS, (kid,))
                     freed += self._drop_content(conn, content_hash, size)
                 self._bump(conn, -len(found), -freed)
             else:
@@ -740,6 +785,7 @@ class SqliteIndex(CacheIndex):
                     "SELECT key, store_key, content_hash, size FROM cache_entries"
                 ).fetchall()
                 conn.execute("DELETE FROM cache_entries")
+                conn.execute("DELETE FROM cache_access")
                 conn.execute("DELETE FROM cache_contents")
                 conn.execute("UPDATE cache_state SET entries = 0, size_bytes = 0 WHERE id = 1")
                 self._bump(conn)

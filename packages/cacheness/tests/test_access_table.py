@@ -1,0 +1,157 @@
+"""Reads written to SQLite wait in ``cache_access`` (a small table) instead of
+rewriting the entry's row; eviction moves them into a candidate's row when it
+reaches the front of the policy order, and every reader of access data adds
+both. Checked here through the public API and the bytes in the file."""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cacheness import cacheness
+
+from .conftest import Clock
+
+
+def _file(root: Path) -> tuple[dict[str, tuple[int, float]], dict[str, tuple[int, float]]]:
+    """({key: (hits, accessed)} of the rows, {key: (hits, accessed)} waiting)."""
+    with closing(sqlite3.connect(root / "metadata.sqlite")) as conn:
+        rows = {
+            k: (h, t) for k, h, t in conn.execute("SELECT key, hits, accessed FROM cache_entries")
+        }
+        waiting = {
+            k: (h, t)
+            for k, h, t in conn.execute(
+                "SELECT e.key, a.hits, a.accessed FROM cache_access AS a "
+                "JOIN cache_entries AS e ON e.kid = a.kid"
+            )
+        }
+        orphans = conn.execute(
+            "SELECT count(*) FROM cache_access WHERE kid NOT IN (SELECT kid FROM cache_entries)"
+        ).fetchone()[0]
+    assert orphans == 0  # no reads are kept for an entry that is gone
+    return rows, waiting
+
+
+def _open(root: Path, clock: Clock, **kw: Any) -> Any:
+    cache = cacheness(cache_dir=root, access_flush_seconds=3600, **kw)
+    cache._clock = clock
+    return cache
+
+
+def _items(cache: Any) -> set[str]:
+    return {e["key_params"]["item"] for e in cache.list_entries()}
+
+
+def test_reads_wait_beside_the_row_and_readers_add_them(tmp_path: Path, clock: Clock) -> None:
+    with _open(tmp_path, clock) as cache:
+        a = cache.put("a", item="a")
+        put_at = clock.now
+        clock.advance(5)
+        for _ in range(3):
+            assert cache.get(item="a") == "a"
+        cache.stats()  # writes the reads
+        rows, waiting = _file(tmp_path)
+        assert rows[a] == (0, put_at)  # the row is not rewritten by reads
+        assert waiting[a] == (3, put_at + 5)
+        meta = cache.get_metadata(item="a")
+        assert meta["hits"] == 3 and meta["accessed_at"].timestamp() == put_at + 5
+        (listed,) = cache.list_entries()
+        assert listed["hits"] == 3
+    with _open(tmp_path, clock) as again:  # and another process sees them too
+        assert again.get_metadata(item="a")["hits"] == 3
+
+
+def test_lru_moves_a_read_candidate_and_evicts_the_true_oldest(
+    tmp_path: Path, clock: Clock
+) -> None:
+    with _open(tmp_path, clock, max_entries=3) as cache:
+        t0 = clock.now
+        for name in "abc":
+            cache.put(name, item=name)  # accessed t0, t0 + 10, t0 + 20
+            clock.advance(10)
+        # a was read at t0 + 5: after the move it is still older than b.
+        clock.now = t0 + 5
+        cache.get(item="a")
+        cache.stats()
+        clock.now = t0 + 40
+        cache.put("d", item="d")
+        assert _items(cache) == {"b", "c", "d"}
+        # c read at t0 + 45: now b, then d, then c.
+        clock.now = t0 + 45
+        cache.get(item="c")
+        cache.stats()
+        clock.now = t0 + 50
+        cache.put("e", item="e")
+        assert _items(cache) == {"c", "d", "e"}
+        c = cache.cache_key(item="c")
+        assert c in _file(tmp_path)[1]  # b went first: c was not at the front yet
+        # Now c's row (put at t0 + 20) is at the front; read at t0 + 45, it moves
+        # behind d (t0 + 40), which goes.
+        cache.put("f", item="f")
+        assert _items(cache) == {"c", "e", "f"}
+        rows, waiting = _file(tmp_path)
+        assert c not in waiting and rows[c] == (1, t0 + 45)  # moved into its row
+
+
+def test_lfu_counts_the_waiting_reads(tmp_path: Path, clock: Clock) -> None:
+    with _open(tmp_path, clock, max_entries=2, eviction_policy="lfu") as cache:
+        cache.put("a", item="a")
+        cache.put("b", item="b")
+        for _ in range(2):
+            cache.get(item="a")
+        cache.stats()
+        cache.get(item="b")  # in memory, written by the evicting put
+        clock.advance(1)
+        cache.put("c", item="c")
+        assert _items(cache) == {"a", "c"}  # b: 1 hit, a: 2
+        clock.advance(1)
+        cache.put("d", item="d")
+        assert _items(cache) == {"a", "d"}  # c: 0 hits
+        assert cache.get_metadata(item="a")["hits"] == 2
+
+
+def test_fifo_ignores_reads_and_drops_the_victims_reads(tmp_path: Path, clock: Clock) -> None:
+    with _open(tmp_path, clock, max_entries=2, eviction_policy="fifo") as cache:
+        a = cache.put("a", item="a")
+        clock.advance(1)
+        cache.put("b", item="b")
+        cache.get(item="a")
+        cache.stats()
+        assert a in _file(tmp_path)[1]
+        clock.advance(1)
+        cache.put("c", item="c")
+        assert _items(cache) == {"b", "c"}
+        _file(tmp_path)  # no orphaned reads
+
+
+@pytest.mark.parametrize("how", ["invalidate", "expire", "clear", "clear-prefix", "overwrite"])
+def test_removing_or_replacing_an_entry_drops_its_waiting_reads(
+    tmp_path: Path, clock: Clock, how: str
+) -> None:
+    with _open(tmp_path, clock) as cache:
+        a = cache.put("a", item="a", ttl_seconds=10)
+        cache.put("b", item="b")
+        cache.get(item="a")
+        cache.get(item="b")
+        cache.stats()
+        assert set(_file(tmp_path)[1]) == {a, cache.cache_key(item="b")}
+        if how == "invalidate":
+            assert cache.invalidate(item="a")
+        elif how == "expire":
+            clock.advance(11)
+            assert cache.cleanup_expired() == 1
+        elif how == "clear":
+            cache.clear()
+        elif how == "clear-prefix":
+            assert cache._delete_prefix(a[:6]) == 1
+        else:
+            cache.put("a2", item="a")
+            assert cache.get_metadata(item="a")["hits"] == 0  # a new value, not yet read
+        _rows, waiting = _file(tmp_path)  # and no orphans
+        assert a not in waiting
+        if how != "clear":
+            assert cache.get_metadata(item="b")["hits"] == 1
