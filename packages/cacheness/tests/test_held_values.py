@@ -195,7 +195,7 @@ def test_an_index_table_of_the_old_layout_is_rebuilt(tmp_path: Path) -> None:
         assert [r[:5] + r[7:] for r in sorted(after)] == kept
         hits = conn.execute(
             "SELECT e.hits + coalesce(a.hits, 0) FROM cache_entries AS e "
-            "LEFT JOIN cache_access AS a ON a.kid = e.kid WHERE e.key IN (?, ?)",
+            "LEFT JOIN cache_access AS a ON a.kid = e.rowid WHERE e.key IN (?, ?)",
             tuple(keys[1:]),
         ).fetchall()
         assert hits == [(1,), (1,)]

@@ -17,7 +17,7 @@ from cacheness.policy._base import (
     CacheIndex,
     Generation,
 )
-from cacheness.policy._sqlite import _HELD_COLS, SqliteIndex, _create_schema, entry_id
+from cacheness.policy._sqlite import _HELD_COLS, SqliteIndex, _create_schema
 from cacheness.storage.abc import EntryRecord
 from cacheness.storage.backends._rows import (
     LOAD_COLUMNS,
@@ -47,14 +47,14 @@ _JOINED = (
     "coalesce(e.size, c.size), coalesce(c.value_hash, e.content_hash), "
     "coalesce(c.value_info, e.info), coalesce(c.value, e.inline_value) "
     "FROM cache_entries c LEFT JOIN entries e ON c.value IS NULL AND e.key = c.store_key "
-    "WHERE c.kid = ?1 AND c.key = ?2"
+    "WHERE c.key = ?"
 )
-_LOOKUP = "SELECT store_key, expires FROM cache_entries WHERE kid = ?1 AND key = ?2"
+_LOOKUP = "SELECT store_key, expires FROM cache_entries WHERE key = ?"
 # The index row alone, all a get of a held value reads: (store_key, expires, handler,
 # codec, size, content_hash, info, value), the last six None unless the row holds it.
 _HELD_GET = (
     "SELECT store_key, expires, value_handler, value_codec, size, value_hash, value_info, "
-    "value FROM cache_entries WHERE kid = ?1 AND key = ?2"
+    "value FROM cache_entries WHERE key = ?"
 )
 
 # A get without the memory tier reads less: each result column costs ~0.1 µs, as
@@ -69,7 +69,7 @@ _HELD_FORMAT = (
 )
 _VALUE_GET = (
     "SELECT value_hash, value, CASE WHEN value IS NULL OR expires <= ?1 THEN '' "
-    f"{_HELD_FORMAT} FROM cache_entries WHERE kid = ?2 AND key = ?3"
+    f"{_HELD_FORMAT} FROM cache_entries WHERE key = ?2"
 )
 
 # A get with the memory tier needs the store key and expiry to remember the value
@@ -77,7 +77,7 @@ _VALUE_GET = (
 # but '' only when the value is in the store (the caller checks expiry).
 _TIER_GET = (
     "SELECT store_key, expires, value_hash, value, CASE WHEN value IS NULL THEN '' "
-    f"{_HELD_FORMAT} FROM cache_entries WHERE kid = ?1 AND key = ?2"
+    f"{_HELD_FORMAT} FROM cache_entries WHERE key = ?"
 )
 
 
@@ -98,7 +98,6 @@ class SharedSqliteIndex(SqliteIndex):
         self._closed = False
         self._pid = os.getpid()
         self._lock = threading.RLock()  # unused: connections are per thread
-        self._kid = entry_id
         with self._guard():
             _create_schema(backend._conn(), policy, lambda conn: backend.write_lock())
         backend.on_reopen(self._reopened)
@@ -140,11 +139,11 @@ class SharedSqliteIndex(SqliteIndex):
             return self._check().execute(sql, params).fetchall()
 
     def _by_key(self, sql: str, key: str, *params: Any) -> Any:
-        """The row ``sql`` selects for ``key`` (bound as ``(*params, kid, key)``), or None."""
+        """The row ``sql`` selects for ``key`` (bound last, after ``params``), or None."""
         if self._closed:
             self._check()
         try:
-            return self._backend._row(sql, (*params, self._kid(key), key))
+            return self._backend._row(sql, (*params, key))
         except sqlite3.Error as exc:
             raise CacheBackendError(f"cache index: {exc}", key=key, backend=self.name) from exc
 
@@ -179,8 +178,8 @@ class SharedSqliteIndex(SqliteIndex):
                 self._check()
                 .execute(
                     f"SELECT {_HELD_COLS}, size, metadata FROM cache_entries "
-                    "WHERE kid = ? AND key = ? AND store_key = ? AND value IS NOT NULL",
-                    (self._kid(key), key, store_key),
+                    "WHERE key = ? AND store_key = ? AND value IS NOT NULL",
+                    (key, store_key),
                 )
                 .fetchone()
             )
