@@ -628,7 +628,11 @@ def run_latency(plan: Plan, work: Workdir) -> list[Row]:
             _read_once(coll, stores, wl_big)
             p50s = _measure_latency(plan, coll, stores)
             for name in systems:
-                if (wl_small, name) in p50s and (wl_big, name) in p50s:
+                small_p50s, big_p50s = p50s.get((wl_small, name)), p50s.get((wl_big, name))
+                if not small_p50s or not big_p50s:
+                    continue
+                # One ratio per repetition, of the two sizes measured in the same turns.
+                for small_p50, big_p50 in zip(small_p50s, big_p50s, strict=False):
                     coll.add(
                         wl_growth,
                         "p50 ratio",
@@ -636,7 +640,7 @@ def run_latency(plan: Plan, work: Workdir) -> list[Row]:
                         "lower",
                         name,
                         stores[(wl_big, name)][0].kind,
-                        p50s[(wl_big, name)] / p50s[(wl_small, name)],
+                        big_p50 / small_p50,
                         note,
                     )
         finally:
@@ -707,9 +711,9 @@ def _measure_latency(
     plan: Plan,
     coll: Collector,
     stores: dict[tuple[str, str], tuple[adapters.StoreAdapter, int, str]],
-) -> dict[tuple[str, str], float]:
+) -> dict[tuple[str, str], list[float]]:
     """Random gets from every store, ``_TURN`` at a time in turn; p50/p99/mean rows
-    per repetition, and the median p50 of each (workload, system)."""
+    per repetition, and the p50 of each repetition by (workload, system)."""
     clock = time.perf_counter_ns
     p50s: dict[tuple[str, str], list[float]] = {k: [] for k in stores}
     for rep in range(plan.reps):
@@ -745,7 +749,7 @@ def _measure_latency(
             ):
                 coll.add(workload, metric, "µs", "lower", name, adapter.kind, value, note)
             p50s[k].append(percentile(got_times, 50))
-    return {k: statistics.median(v) for k, v in p50s.items() if v}
+    return p50s
 
 
 class _ExitDirs:
