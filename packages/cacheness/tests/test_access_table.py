@@ -73,20 +73,19 @@ def test_lru_moves_a_read_candidate_and_evicts_the_true_oldest(
         for name in "abc":
             cache.put(name, item=name)  # accessed t0, t0 + 10, t0 + 20
             clock.advance(10)
+
+        def read_then_put(read: str, read_at: float, new: str, put_at: float) -> set[str]:
+            clock.now = read_at
+            cache.get(item=read)
+            cache.stats()  # the read waits in cache_access
+            clock.now = put_at
+            cache.put(new, item=new)
+            return _items(cache)
+
         # a was read at t0 + 5: after the move it is still older than b.
-        clock.now = t0 + 5
-        cache.get(item="a")
-        cache.stats()
-        clock.now = t0 + 40
-        cache.put("d", item="d")
-        assert _items(cache) == {"b", "c", "d"}
+        assert read_then_put("a", t0 + 5, "d", t0 + 40) == {"b", "c", "d"}
         # c read at t0 + 45: now b, then d, then c.
-        clock.now = t0 + 45
-        cache.get(item="c")
-        cache.stats()
-        clock.now = t0 + 50
-        cache.put("e", item="e")
-        assert _items(cache) == {"c", "d", "e"}
+        assert read_then_put("c", t0 + 45, "e", t0 + 50) == {"c", "d", "e"}
         c = cache.cache_key(item="c")
         assert c in _file(tmp_path)[1]  # b went first: c was not at the front yet
         # Now c's row (put at t0 + 20) is at the front; read at t0 + 45, it moves
