@@ -916,18 +916,17 @@ class UnifiedCache(CustomMetadataMixin):
         """hits, misses, hit_rate, entries, size_bytes (stored, deduplicated), evictions,
         expired: totals of every process that used this cache directory."""
         self._check_open()
+        unwritten = (0, 0)
         try:
             self._flush()
         except CacheBackendError as exc:
             # A read must not fail for want of a write (a full disk): the reads not
             # written are counted from memory, and written with a later flush.
             logger.warning("stats(): access data not written (%s); counted from memory", exc)
-            c = dict(self._index.counters())
-            hits, misses = self._pending_counts()
-            c["hits"] += hits
-            c["misses"] += misses
-        else:
-            c = self._index.counters()
+            unwritten = self._pending_counts()
+        c = dict(self._index.counters())
+        c["hits"] += unwritten[0]
+        c["misses"] += unwritten[1]
         total = c["hits"] + c["misses"]
         return {
             "hits": c["hits"],

@@ -591,10 +591,10 @@ class SqliteIndex(CacheIndex):
                 if over_n <= 0 and over_b <= 0:
                     break
                 if hits is not None:
-                    conn.execute(_DROP_ACCESS, (rowid,))
                     if moves:
                         self._move_reads(conn, [r for r in batch[i:] if r[4] is not None])
                         break
+                    conn.execute(_DROP_ACCESS, (rowid,))  # a FIFO victim's reads
                 conn.execute("DELETE FROM cache_entries WHERE rowid = ?", (rowid,))
                 freed = self._drop_content(conn, content_hash, size)
                 over_n -= 1
