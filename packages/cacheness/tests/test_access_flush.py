@@ -28,7 +28,7 @@ def _hits(root: Path) -> dict[str, int]:
         return dict(
             conn.execute(
                 "SELECT e.key, e.hits + coalesce(a.hits, 0) FROM cache_entries AS e "
-                "LEFT JOIN cache_access AS a ON a.kid = e.kid"
+                "LEFT JOIN cache_access AS a ON a.kid = e.rowid"
             ).fetchall()
         )
 

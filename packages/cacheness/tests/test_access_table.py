@@ -26,11 +26,11 @@ def _file(root: Path) -> tuple[dict[str, tuple[int, float]], dict[str, tuple[int
             k: (h, t)
             for k, h, t in conn.execute(
                 "SELECT e.key, a.hits, a.accessed FROM cache_access AS a "
-                "JOIN cache_entries AS e ON e.kid = a.kid"
+                "JOIN cache_entries AS e ON e.rowid = a.kid"
             )
         }
         orphans = conn.execute(
-            "SELECT count(*) FROM cache_access WHERE kid NOT IN (SELECT kid FROM cache_entries)"
+            "SELECT count(*) FROM cache_access WHERE kid NOT IN (SELECT rowid FROM cache_entries)"
         ).fetchone()[0]
     assert orphans == 0  # no reads are kept for an entry that is gone
     return rows, waiting
@@ -154,3 +154,19 @@ def test_removing_or_replacing_an_entry_drops_its_waiting_reads(
         assert a not in waiting
         if how != "clear":
             assert cache.get_metadata(item="b")["hits"] == 1
+
+
+def test_cleanup_expired_drops_reads_left_for_rows_that_are_gone(
+    tmp_path: Path, clock: Clock
+) -> None:
+    with _open(tmp_path, clock) as cache:
+        cache.put("a", item="a")
+        cache.get(item="a")
+        cache.stats()
+        # A process of a version without cache_access deletes the row directly.
+        with closing(sqlite3.connect(tmp_path / "metadata.sqlite")) as conn:
+            conn.execute("DELETE FROM cache_entries")
+            conn.commit()
+            assert conn.execute("SELECT count(*) FROM cache_access").fetchone()[0] == 1
+        cache.cleanup_expired()
+        _file(tmp_path)  # asserts no orphans

@@ -22,30 +22,10 @@ LARGE = b"L" * 100_000  # over the 16 KiB inline limit: a blob and a store entry
 
 
 def _rows(root: Path) -> list[tuple[str, str, bytes | None]]:
-    """(key, store_key, held value) of every index row: the value in the row itself,
-    or in cache_values when it is longer than IN_ROW bytes."""
     with sqlite3.connect(root / "metadata.sqlite") as conn:
         return conn.execute(
-            "SELECT c.key, c.store_key, coalesce(c.value, v.value) FROM cache_entries AS c "
-            "LEFT JOIN cache_values AS v ON v.vid = c.vid ORDER BY c.key"
+            "SELECT key, store_key, value FROM cache_entries ORDER BY key"
         ).fetchall()
-
-
-def _held(conn: sqlite3.Connection, key: str) -> bytes:
-    return conn.execute(
-        "SELECT coalesce(c.value, v.value) FROM cache_entries AS c "
-        "LEFT JOIN cache_values AS v ON v.vid = c.vid WHERE c.key = ?",
-        (key,),
-    ).fetchone()[0]
-
-
-def _set_held(conn: sqlite3.Connection, key: str, data: bytes) -> None:
-    """Overwrite the held bytes of ``key`` where they are, as a tamperer would."""
-    (vid,) = conn.execute("SELECT vid FROM cache_entries WHERE key = ?", (key,)).fetchone()
-    if vid is None:
-        conn.execute("UPDATE cache_entries SET value = ? WHERE key = ?", (data, key))
-    else:
-        conn.execute("UPDATE cache_values SET value = ? WHERE vid = ?", (data, vid))
 
 
 # With the memory tier a first get reads the row by another query (lookup_for_tier).
@@ -125,10 +105,13 @@ def test_a_tampered_held_value_is_a_logged_miss_and_removed(
             cache.put(value, item=name)
         keys = [cache.cache_key(item=name) for name in names]
         with sqlite3.connect(tmp_path / "metadata.sqlite") as conn:
-            data = _held(conn, keys[0])
+            (data,) = conn.execute(
+                "SELECT value FROM cache_entries WHERE key = ?", (keys[0],)
+            ).fetchone()
             at = len(data) // 2
-            _set_held(conn, keys[0], data[:at] + bytes([data[at] ^ 1]) + data[at + 1 :])
-            _set_held(conn, keys[1], b"x" * 7)
+            flipped = data[:at] + bytes([data[at] ^ 1]) + data[at + 1 :]
+            conn.execute("UPDATE cache_entries SET value = ? WHERE key = ?", (flipped, keys[0]))
+            conn.execute("UPDATE cache_entries SET value = ? WHERE key = ?", (b"x" * 7, keys[1]))
             conn.execute("UPDATE cache_entries SET size = size + 1 WHERE key = ?", (keys[2],))
         with caplog.at_level(logging.WARNING, logger="cacheness"):
             assert cache.get(item="a") is None  # same size: the hash catches it
@@ -212,7 +195,7 @@ def test_an_index_table_of_the_old_layout_is_rebuilt(tmp_path: Path) -> None:
         assert [r[:5] + r[7:] for r in sorted(after)] == kept
         hits = conn.execute(
             "SELECT e.hits + coalesce(a.hits, 0) FROM cache_entries AS e "
-            "LEFT JOIN cache_access AS a ON a.kid = e.kid WHERE e.key IN (?, ?)",
+            "LEFT JOIN cache_access AS a ON a.kid = e.rowid WHERE e.key IN (?, ?)",
             tuple(keys[1:]),
         ).fetchall()
         assert hits == [(1,), (1,)]
@@ -270,10 +253,5 @@ def test_processes_opening_an_old_layout_at_once_rebuild_it_once(tmp_path: Path)
             "SELECT type, name FROM sqlite_master WHERE tbl_name LIKE 'cache_entries%' "
             "AND type IN ('table', 'trigger')"
         ).fetchall()
-        assert sorted(kinds) == [
-            ("table", "cache_entries"),
-            ("trigger", "cache_values_delete"),
-            ("trigger", "cache_values_replace"),
-            ("trigger", "side_cleanup"),
-        ]
+        assert sorted(kinds) == [("table", "cache_entries"), ("trigger", "side_cleanup")]
         assert len({r[0] for r in conn.execute("SELECT key FROM side")}) == 3

@@ -42,7 +42,6 @@ from cacheness.policy._sqlalchemy import (
     index_tables,
     sqlite_write_events,
 )
-from cacheness.policy._sqlite import entry_id
 from cacheness.storage.errors import CacheBackendError, CacheConfigError
 
 if TYPE_CHECKING:
@@ -58,8 +57,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-# ``entry_id`` as a SQL function on the query connections to a SQLite index.
-ENTRY_ID_SQL = "cacheness_entry_id"
 
 #: The column of every custom-metadata table that holds the entry's cache key.
 LINK_COLUMN = "cache_key"
@@ -221,11 +218,9 @@ class CustomStore:
             path = str(index.path)
 
             def connect() -> sqlite3.Connection:
-                conn = sqlite3.connect(
+                return sqlite3.connect(
                     path, timeout=30.0, isolation_level=None, check_same_thread=False
                 )
-                conn.create_function(ENTRY_ID_SQL, 1, entry_id, deterministic=True)
-                return conn
 
             # Queries get pooled connections of their own to the index file (WAL:
             # readers never block the index's writer).
@@ -252,17 +247,7 @@ class CustomStore:
         tables = index_tables(md)
         self.registry_table: Table = tables["custom"]
         # Only the columns queries join on; the SQLite index creates its table itself.
-        self.entries = sa.table(
-            "cache_entries", sa.column("kid"), sa.column("key"), sa.column("expires")
-        )
-
-    def _entry_of(self, link: Any) -> Any:
-        """The join condition of a custom row's ``link`` column to its index row."""
-        e = self.entries
-        if self.raw_sqlite:
-            # The SQLite index has no index on key: its rows are found by id.
-            return sa.and_(e.c.kid == getattr(sa.func, ENTRY_ID_SQL)(link), e.c.key == link)
-        return e.c.key == link
+        self.entries = sa.table("cache_entries", sa.column("key"), sa.column("expires"))
 
     def _borrowed(self) -> _Borrowed:
         conn = getattr(self._local, "raw", None)
@@ -429,12 +414,13 @@ class CustomStore:
             self.ensure(name, model)
             tables.setdefault(model.__table__.name, LINK_COLUMN)  # type: ignore[attr-defined]
         n = 0
+        e = self.entries
         with self._ddl() as conn:
             for table_name, link in sorted(tables.items()):
                 if not sa.inspect(conn).has_table(table_name):
                     continue
                 t = sa.table(table_name, sa.column(link))
-                orphan = ~sa.exists().where(self._entry_of(t.c[link]))
+                orphan = ~sa.exists().where(e.c.key == t.c[link])
                 n += conn.execute(t.delete().where(orphan)).rowcount or 0
         return n
 
@@ -447,7 +433,7 @@ class CustomStore:
         e = self.entries
         return (
             session.query(model)
-            .join(e, self._entry_of(getattr(model, LINK_COLUMN)))
+            .join(e, e.c.key == getattr(model, LINK_COLUMN))
             .filter(sa.or_(e.c.expires.is_(None), e.c.expires > now))
         )
 

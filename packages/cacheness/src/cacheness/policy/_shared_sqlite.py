@@ -17,14 +17,7 @@ from cacheness.policy._base import (
     CacheIndex,
     Generation,
 )
-from cacheness.policy._sqlite import (
-    _HELD_COLS,
-    HELD_JOIN,
-    HELD_VALUE,
-    SqliteIndex,
-    _create_schema,
-    entry_id,
-)
+from cacheness.policy._sqlite import _HELD_COLS, SqliteIndex, _create_schema
 from cacheness.storage.abc import EntryRecord
 from cacheness.storage.backends._rows import (
     LOAD_COLUMNS,
@@ -48,28 +41,20 @@ __all__ = ["SharedSqliteIndex"]
 assert LOAD_COLUMNS == (
     "blob_key", "handler", "codec", "size", "content_hash", "info", "inline_value"
 )  # fmt: skip
-# The row holds no value (it is in the store): neither in the row nor in cache_values.
-_NOT_HELD = "c.value IS NULL AND c.vid IS NULL"
 _JOINED = (
-    f"SELECT c.store_key, c.expires, CASE WHEN {_NOT_HELD} THEN e.blob_key ELSE '' END, "
+    "SELECT c.store_key, c.expires, CASE WHEN c.value IS NULL THEN e.blob_key ELSE '' END, "
     "coalesce(c.value_handler, e.handler), coalesce(c.value_codec, e.codec), "
     "coalesce(e.size, c.size), coalesce(c.value_hash, e.content_hash), "
-    "coalesce(c.value_info, e.info), coalesce(c.value, v.value, e.inline_value) "
-    f"FROM cache_entries c {HELD_JOIN} "
-    f"LEFT JOIN entries e ON {_NOT_HELD} AND e.key = c.store_key "
-    "WHERE c.kid = ?1 AND c.key = ?2"
+    "coalesce(c.value_info, e.info), coalesce(c.value, e.inline_value) "
+    "FROM cache_entries c LEFT JOIN entries e ON c.value IS NULL AND e.key = c.store_key "
+    "WHERE c.key = ?"
 )
-# _HELD_COLS of row c, its value wherever it is held.
-_HELD_SELECT = ", ".join(
-    HELD_VALUE if col == "value" else f"c.{col}" for col in _HELD_COLS.split(", ")
-)
-_LOOKUP = "SELECT store_key, expires FROM cache_entries WHERE kid = ?1 AND key = ?2"
+_LOOKUP = "SELECT store_key, expires FROM cache_entries WHERE key = ?"
 # The index row alone, all a get of a held value reads: (store_key, expires, handler,
 # codec, size, content_hash, info, value), the last six None unless the row holds it.
 _HELD_GET = (
-    "SELECT c.store_key, c.expires, c.value_handler, c.value_codec, c.size, c.value_hash, "
-    f"c.value_info, {HELD_VALUE} FROM cache_entries c {HELD_JOIN} "
-    "WHERE c.kid = ?1 AND c.key = ?2"
+    "SELECT store_key, expires, value_handler, value_codec, size, value_hash, value_info, "
+    "value FROM cache_entries WHERE key = ?"
 )
 
 # A get without the memory tier reads less: each result column costs ~0.1 µs, as
@@ -78,22 +63,21 @@ _HELD_GET = (
 # size), a JSON array [handler, codec, size, info] when it holds another live value,
 # and '' when the value is in the store or expired at ?1.
 _HELD_FORMAT = (
-    "WHEN c.value_handler = 'pickle' AND c.value_codec = 'none' AND c.value_info = '{}' "
-    f"AND c.size = length({HELD_VALUE}) THEN NULL "
-    "ELSE json_array(c.value_handler, c.value_codec, c.size, c.value_info) END"
+    "WHEN value_handler = 'pickle' AND value_codec = 'none' AND value_info = '{}' "
+    "AND size = length(value) THEN NULL "
+    "ELSE json_array(value_handler, value_codec, size, value_info) END"
 )
 _VALUE_GET = (
-    f"SELECT c.value_hash, {HELD_VALUE}, CASE WHEN ({_NOT_HELD}) OR c.expires <= ?1 THEN '' "
-    f"{_HELD_FORMAT} FROM cache_entries c {HELD_JOIN} WHERE c.kid = ?2 AND c.key = ?3"
+    "SELECT value_hash, value, CASE WHEN value IS NULL OR expires <= ?1 THEN '' "
+    f"{_HELD_FORMAT} FROM cache_entries WHERE key = ?2"
 )
 
 # A get with the memory tier needs the store key and expiry to remember the value
 # by: (store_key, expires, value_hash, value, format), the format as in _VALUE_GET
 # but '' only when the value is in the store (the caller checks expiry).
 _TIER_GET = (
-    f"SELECT c.store_key, c.expires, c.value_hash, {HELD_VALUE}, CASE WHEN {_NOT_HELD} "
-    f"THEN '' {_HELD_FORMAT} FROM cache_entries c {HELD_JOIN} "
-    "WHERE c.kid = ?1 AND c.key = ?2"
+    "SELECT store_key, expires, value_hash, value, CASE WHEN value IS NULL THEN '' "
+    f"{_HELD_FORMAT} FROM cache_entries WHERE key = ?"
 )
 
 
@@ -114,7 +98,6 @@ class SharedSqliteIndex(SqliteIndex):
         self._closed = False
         self._pid = os.getpid()
         self._lock = threading.RLock()  # unused: connections are per thread
-        self._kid = entry_id
         with self._guard():
             _create_schema(backend._conn(), policy, lambda conn: backend.write_lock())
         backend.on_reopen(self._reopened)
@@ -156,11 +139,11 @@ class SharedSqliteIndex(SqliteIndex):
             return self._check().execute(sql, params).fetchall()
 
     def _by_key(self, sql: str, key: str, *params: Any) -> Any:
-        """The row ``sql`` selects for ``key`` (bound as ``(*params, kid, key)``), or None."""
+        """The row ``sql`` selects for ``key`` (bound last, after ``params``), or None."""
         if self._closed:
             self._check()
         try:
-            return self._backend._row(sql, (*params, self._kid(key), key))
+            return self._backend._row(sql, (*params, key))
         except sqlite3.Error as exc:
             raise CacheBackendError(f"cache index: {exc}", key=key, backend=self.name) from exc
 
@@ -194,10 +177,9 @@ class SharedSqliteIndex(SqliteIndex):
             r = (
                 self._check()
                 .execute(
-                    f"SELECT {_HELD_SELECT}, c.size, c.metadata FROM cache_entries c "
-                    f"{HELD_JOIN} WHERE c.kid = ? AND c.key = ? AND c.store_key = ? "
-                    f"AND NOT ({_NOT_HELD})",
-                    (self._kid(key), key, store_key),
+                    f"SELECT {_HELD_COLS}, size, metadata FROM cache_entries "
+                    "WHERE key = ? AND store_key = ? AND value IS NOT NULL",
+                    (key, store_key),
                 )
                 .fetchone()
             )

@@ -15,8 +15,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from xxhash import xxh3_64_intdigest
-
 from cacheness.policy._base import (
     COUNTERS,
     POLICY_ORDER,
@@ -45,18 +43,12 @@ logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------- SQLite
 
-# The rowid is ``entry_id(key)`` and there is no index on ``key``: a lookup is one
-# search of the table's B-tree, not one of a key index and then one of the table
-# (at 1,000,000 entries 4.5 against 6.0 µs here), and a put writes one B-tree less.
-# Listing by key prefix scans the table. The value_* columns are set only for a
-# value held by the index (``is_held(store_key)``): one of up to IN_ROW bytes in
-# ``value``, a larger one in cache_values (``vid``). Rows go in at random places, so
-# they are kept narrow: 1 KiB values in the row split a page on most puts (a 1 KB
-# put 34 against 22 µs in plain SQLite), while cache_values only ever appends.
+# A rowid table, not WITHOUT ROWID: rows may hold a value of up to 16 KiB, which a
+# WITHOUT ROWID B-tree spills to overflow pages (slower puts and gets). The value_*
+# columns are set only for a value held in the row (``is_held(store_key)``).
 _ENTRIES_TABLE = """
 CREATE TABLE IF NOT EXISTS {name} (
-    kid INTEGER PRIMARY KEY,
-    key TEXT NOT NULL,
+    key TEXT PRIMARY KEY NOT NULL,
     store_key TEXT NOT NULL,
     content_hash TEXT NOT NULL,
     size INTEGER NOT NULL,
@@ -73,8 +65,7 @@ CREATE TABLE IF NOT EXISTS {name} (
     value_hash TEXT,
     value_created_us INTEGER,
     value_info TEXT,
-    value BLOB,
-    vid INTEGER
+    value BLOB
 )"""
 _SCHEMA = (
     _ENTRIES_TABLE.format(name="cache_entries")
@@ -102,20 +93,6 @@ CREATE TABLE IF NOT EXISTS cache_access (
     hits INTEGER NOT NULL,
     accessed REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS cache_values (
-    vid INTEGER PRIMARY KEY,
-    value BLOB NOT NULL
-);
-CREATE TRIGGER IF NOT EXISTS cache_values_delete AFTER DELETE ON cache_entries
-    WHEN OLD.vid IS NOT NULL
-BEGIN
-    DELETE FROM cache_values WHERE vid = OLD.vid;
-END;
-CREATE TRIGGER IF NOT EXISTS cache_values_replace AFTER UPDATE OF vid ON cache_entries
-    WHEN OLD.vid IS NOT NULL AND OLD.vid IS NOT NEW.vid
-BEGIN
-    DELETE FROM cache_values WHERE vid = OLD.vid;
-END;
 CREATE TABLE IF NOT EXISTS cache_leases (
     name TEXT PRIMARY KEY NOT NULL,
     owner TEXT NOT NULL,
@@ -140,15 +117,15 @@ _ROW_SELECT = (
     "e.key, e.store_key, e.content_hash, e.size, e.created, "
     "max(e.accessed, coalesce(a.accessed, e.accessed)), e.hits + coalesce(a.hits, 0), "
     "e.expires, e.key_params, e.description, e.metadata "
-    "FROM cache_entries AS e LEFT JOIN cache_access AS a ON a.kid = e.kid"
+    "FROM cache_entries AS e LEFT JOIN cache_access AS a ON a.kid = e.rowid"
 )
 _LOCK_RETRIES = 50
 # Batches of reads from this many keys go through a temporary table and one
 # statement, fewer with one statement per key.
 _MANY_READS = 64
 _READS_TABLE = (
-    "CREATE TEMP TABLE IF NOT EXISTS cache_reads (kid INTEGER NOT NULL, "
-    "key TEXT NOT NULL, hits INTEGER NOT NULL, accessed REAL NOT NULL, PRIMARY KEY (kid, key))"
+    "CREATE TEMP TABLE IF NOT EXISTS cache_reads "
+    "(key TEXT PRIMARY KEY NOT NULL, hits INTEGER NOT NULL, accessed REAL NOT NULL)"
 )
 # Only for keys still in the index (an entry may have gone since it was read).
 _ADD_ACCESS = (
@@ -156,68 +133,37 @@ _ADD_ACCESS = (
     "accessed = max(accessed, excluded.accessed)"
 )
 _APPLY_READS = (
-    "INSERT INTO cache_access (kid, hits, accessed) SELECT r.kid, r.hits, r.accessed "
-    "FROM temp.cache_reads AS r JOIN cache_entries AS e ON e.kid = r.kid AND e.key = r.key "
-    "WHERE true" + _ADD_ACCESS
+    "INSERT INTO cache_access (kid, hits, accessed) SELECT e.rowid, r.hits, r.accessed "
+    "FROM temp.cache_reads AS r JOIN cache_entries AS e ON e.key = r.key WHERE true" + _ADD_ACCESS
 )
 _APPLY_READ = (
-    "INSERT INTO cache_access (kid, hits, accessed) SELECT kid, ?, ? FROM cache_entries "
-    "WHERE kid = ? AND key = ?" + _ADD_ACCESS
+    "INSERT INTO cache_access (kid, hits, accessed) SELECT rowid, ?, ? FROM cache_entries "
+    "WHERE key = ?" + _ADD_ACCESS
 )
 _DROP_ACCESS = "DELETE FROM cache_access WHERE kid = ?"
-_OLD_VALUE = "SELECT store_key, content_hash, size FROM cache_entries WHERE kid = ? AND key = ?"
+_OLD_VALUE = "SELECT store_key, content_hash, size, rowid FROM cache_entries WHERE key = ?"
 _STATE = "SELECT generation, entries, size_bytes FROM cache_state WHERE id = 1"
 _INSERT_ROW = (
-    f"INSERT INTO cache_entries (kid, {_ROW_COLS}, {_HELD_COLS}, vid) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO cache_entries ({_ROW_COLS}, {_HELD_COLS}) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-# A held value longer than this goes to cache_values (see _ENTRIES_TABLE).
-IN_ROW = 512
-_ADD_VALUE = "INSERT INTO cache_values (value) VALUES (?)"
-# The held value of row ``c`` wherever it is, for queries joining cache_values ``v``.
-HELD_VALUE = "coalesce(c.value, v.value)"
-HELD_JOIN = "LEFT JOIN cache_values AS v ON v.vid = c.vid"
-
 _OVERWRITE_ROW = (
     "UPDATE cache_entries SET "
-    + ", ".join(f"{col} = ?" for col in f"{_ROW_COLS}, {_HELD_COLS}, vid".split(", "))
-    + " WHERE kid = ?"
+    + ", ".join(f"{col} = ?" for col in f"{_ROW_COLS}, {_HELD_COLS}".split(", ")[1:])
+    + " WHERE key = ?"
 )
-_NOT_HELD = (None,) * 8
-# A cache_entries table of an older layout: without ``vid`` (before larger held
-# values went to cache_values), keyed by ``key`` alone (before lookups went by
-# ``entry_id``), or WITHOUT ROWID (before values could be held in it).
+_NOT_HELD = (None,) * 7
+# A cache_entries table of the layout before values could be held in it.
 _OLD_LAYOUT = (
     "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'cache_entries' "
-    "AND NOT EXISTS (SELECT 1 FROM pragma_table_info('cache_entries') WHERE name = 'vid')"
+    "AND sql LIKE '%WITHOUT ROWID%'"
 )
-_HALF = 1 << 63
-# A cache_access beside a rowid cache_entries of the layout before ``kid``.
-_ROWID_ACCESS = (
-    "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'cache_access' "
-    "AND NOT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'cache_entries' "
-    "AND sql LIKE '%WITHOUT ROWID%')"
-)
-_FOLD_ROWID_ACCESS = (
-    "UPDATE cache_entries SET "
-    "hits = hits + (SELECT a.hits FROM cache_access AS a WHERE a.kid = cache_entries.rowid), "
-    "accessed = max(accessed, "
-    "(SELECT a.accessed FROM cache_access AS a WHERE a.kid = cache_entries.rowid)) "
-    "WHERE rowid IN (SELECT kid FROM cache_access)"
-)
-
-
-def entry_id(key: str) -> int:
-    """The rowid of ``key``'s index row: XXH3-64 of the key, signed as SQLite's rowids
-    are. Keys sharing an id never share a row: every lookup also matches the key, and
-    a put displaces (evicts) a row of another key that holds its id."""
-    return xxh3_64_intdigest(key.encode()) - _HALF
 
 
 def _create_schema(conn: sqlite3.Connection, policy: str, write: Any) -> None:
     """Create the index tables (every statement idempotent, so processes opening one
-    file at once agree), first rebuilding a ``cache_entries`` of an older version's
-    layout. ``write(conn)`` is a write-transaction context manager."""
+    file at once agree), first rebuilding a ``cache_entries`` made WITHOUT ROWID by
+    an older version. ``write(conn)`` is a write-transaction context manager."""
     if conn.execute(_OLD_LAYOUT).fetchone()[0]:
         with write(conn):
             _rebuild_entries(conn)
@@ -261,10 +207,8 @@ def _twin_update_triggers(conn: sqlite3.Connection) -> None:
 
 
 def _rebuild_entries(conn: sqlite3.Connection) -> None:
-    """Copy a ``cache_entries`` of an older layout into the current one, in the
-    caller's transaction; its triggers (custom metadata) are re-created on the new
-    table. Of keys sharing an ``entry_id`` (odds ~n²/2⁶⁵) the first is kept and the
-    others are dropped as evicted, their content references released."""
+    """Copy a WITHOUT ROWID ``cache_entries`` into the current layout, in the caller's
+    transaction; its triggers (custom metadata) are re-created on the new table."""
     if not conn.execute(_OLD_LAYOUT).fetchone()[0]:
         return  # another process rebuilt it while this one waited for the lock
     triggers = [
@@ -273,46 +217,16 @@ def _rebuild_entries(conn: sqlite3.Connection) -> None:
             "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'cache_entries'"
         )
     ]
-    logger.info("rebuilding the cache index table cache_entries in the current layout")
-    had = {r[0] for r in conn.execute("SELECT name FROM pragma_table_info('cache_entries')")}
-    if "kid" not in had and conn.execute(_ROWID_ACCESS).fetchone()[0]:
-        # cache_access rows were keyed by the old table's rowids: add them in first.
-        conn.execute(_FOLD_ROWID_ACCESS)
-        conn.execute("DELETE FROM cache_access")
-    cols = ", ".join(c for c in f"{_ROW_COLS}, {_HELD_COLS}".split(", ") if c in had)
-    conn.create_function("cacheness_entry_id", 1, entry_id, deterministic=True)
-    try:
-        conn.execute("DROP TABLE IF EXISTS cache_entries_rebuild")
-        conn.execute(_ENTRIES_TABLE.format(name="cache_entries_rebuild"))
-        conn.execute(
-            f"INSERT OR IGNORE INTO cache_entries_rebuild (kid, {cols}) "
-            f"SELECT cacheness_entry_id(key), {cols} FROM cache_entries"
-        )
-    finally:
-        conn.create_function("cacheness_entry_id", 1, None)
-    # Keys were unique before: the rows left out are those whose id another took.
-    dropped = conn.execute(
-        "SELECT content_hash, size FROM cache_entries WHERE key NOT IN "
-        "(SELECT key FROM cache_entries_rebuild)"
-    ).fetchall()
+    conn.execute("DROP TABLE IF EXISTS cache_entries_rebuild")
+    conn.execute(_ENTRIES_TABLE.format(name="cache_entries_rebuild"))
+    conn.execute(
+        f"INSERT INTO cache_entries_rebuild ({_ROW_COLS}) SELECT {_ROW_COLS} FROM cache_entries"
+    )
     conn.execute("DROP TABLE cache_entries")  # and its indexes and triggers
     conn.execute("ALTER TABLE cache_entries_rebuild RENAME TO cache_entries")
     for sql in triggers:
         conn.execute(sql)
-    if dropped:
-        freed = sum(_release(conn, content_hash, size) for content_hash, size in dropped)
-        conn.execute(
-            "UPDATE cache_state SET evictions = evictions + ?, entries = entries - ?, "
-            "size_bytes = size_bytes - ?, generation = generation + 1 WHERE id = 1",
-            (len(dropped), len(dropped), freed),
-        )
-        logger.warning(
-            "rebuilding the cache index dropped %d entr%s whose key shares its id with "
-            "another's; cleanup_expired() removes their stored values once an hour old",
-            len(dropped),
-            "y" if len(dropped) == 1 else "ies",
-        )
-    logger.info("rebuilt the cache index table cache_entries")
+    logger.info("rebuilt the cache index table cache_entries in the current layout")
 
 
 # One encoder, not json.dumps(..., options): that builds a new encoder per call.
@@ -367,24 +281,7 @@ def _held_values(r: EntryRecord) -> tuple[Any, ...]:
         to_micros(r.created_at),
         dumps_json(r.info),
         r.inline,
-        None,  # vid: set by the put when the value goes to cache_values
     )
-
-
-def _release(conn: sqlite3.Connection, content_hash: str, size: int) -> int:
-    """Unreference ``content_hash``; the bytes this frees (0 while still shared)."""
-    if not content_hash:
-        return int(size)  # an inline value: counted on its own, never shared
-    conn.execute(
-        "UPDATE cache_contents SET refs = refs - 1 WHERE content_hash = ?", (content_hash,)
-    )
-    r = conn.execute(
-        "SELECT refs, size FROM cache_contents WHERE content_hash = ?", (content_hash,)
-    ).fetchone()
-    if r is None or r[0] > 0:
-        return 0
-    conn.execute("DELETE FROM cache_contents WHERE content_hash = ?", (content_hash,))
-    return int(r[1])
 
 
 def _prefix_bounds(prefix: str) -> tuple[str, str]:
@@ -409,7 +306,6 @@ class SqliteIndex(CacheIndex):
         self._pid = os.getpid()
         self._closed = False
         self._policy = policy
-        self._kid = entry_id
         self._conn = self._connect()
         self._order = ", ".join(f"e.{c}" for c in POLICY_ORDER[policy])
 
@@ -514,17 +410,14 @@ class SqliteIndex(CacheIndex):
             conn = self._conn if self._pid == os.getpid() and not self._closed else self._check()
             try:
                 r = conn.execute(
-                    "SELECT store_key, expires FROM cache_entries WHERE kid = ? AND key = ?",
-                    (self._kid(key), key),
+                    "SELECT store_key, expires FROM cache_entries WHERE key = ?", (key,)
                 ).fetchone()
             except sqlite3.Error as exc:
                 raise CacheBackendError(f"cache index: {exc}", key=key, backend=self.name) from exc
         return None if r is None else (r[0], r[1])
 
     def row(self, key: str) -> IndexRow | None:
-        rows = self._read(
-            f"SELECT {_ROW_SELECT} WHERE e.kid = ? AND e.key = ?", (self._kid(key), key)
-        )
+        rows = self._read(f"SELECT {_ROW_SELECT} WHERE e.key = ?", (key,))
         return _row(rows[0]) if rows else None
 
     def rows(self, prefix: str | None = None) -> list[IndexRow]:
@@ -561,7 +454,18 @@ class SqliteIndex(CacheIndex):
 
     def _drop_content(self, conn: sqlite3.Connection, content_hash: str, size: int) -> int:
         """Unreference ``content_hash``; the bytes this frees (0 while still shared)."""
-        return _release(conn, content_hash, size)
+        if not content_hash:
+            return int(size)  # an inline value: counted on its own, never shared
+        conn.execute(
+            "UPDATE cache_contents SET refs = refs - 1 WHERE content_hash = ?", (content_hash,)
+        )
+        r = conn.execute(
+            "SELECT refs, size FROM cache_contents WHERE content_hash = ?", (content_hash,)
+        ).fetchone()
+        if r is None or r[0] > 0:
+            return 0
+        conn.execute("DELETE FROM cache_contents WHERE content_hash = ?", (content_hash,))
+        return int(r[1])
 
     def _flush(self, conn: sqlite3.Connection, pending: Pending) -> None:
         access, counts = pending
@@ -571,17 +475,15 @@ class SqliteIndex(CacheIndex):
             # released throughout. executemany takes the GIL back between rows, and a
             # write-behind then slows every get running beside it.
             conn.execute(_READS_TABLE)
-            kid = self._kid
             conn.executemany(
-                "INSERT INTO temp.cache_reads VALUES (?, ?, ?, ?)",
-                [(kid(k), k, int(v[0]), v[1]) for k, v in access.items()],
+                "INSERT INTO temp.cache_reads VALUES (?, ?, ?)",
+                [(k, int(v[0]), v[1]) for k, v in access.items()],
             )
             conn.execute(_APPLY_READS)
             conn.execute("DELETE FROM temp.cache_reads")
             access.clear()
         elif access:
-            kid = self._kid
-            conn.executemany(_APPLY_READ, [(int(v[0]), v[1], kid(k), k) for k, v in access.items()])
+            conn.executemany(_APPLY_READ, [(int(v[0]), v[1], k) for k, v in access.items()])
             access.clear()
         if any(counts.values()):
             conn.execute(
@@ -624,62 +526,36 @@ class SqliteIndex(CacheIndex):
         # The reads counted in memory wait for their own flush unless this put evicts:
         # written here, each put would rewrite the rows of the few reads before it
         # inside the write lock (~8 µs each), instead of one row per key and flush.
-        kid = self._kid(row.key)
-        held = None if row.held is None else row.held.inline
         with self._txn() as conn:
-            if held is not None and len(held) > IN_ROW:
-                vid = conn.execute(_ADD_VALUE, (held,)).lastrowid
-                values = (*values[:-2], None, vid)
-            old = other = None
+            old = None
             try:
                 # A new key (the usual put) needs no look at the old row first.
-                conn.execute(_INSERT_ROW, (kid, *values))
+                conn.execute(_INSERT_ROW, values)
             except sqlite3.IntegrityError:
-                found = conn.execute(
-                    "SELECT key, store_key, content_hash, size FROM cache_entries WHERE kid = ?",
-                    (kid,),
-                ).fetchone()
-                if found is None:
-                    raise  # a constraint other than the id's
-                if found[0] == row.key:
-                    old = found[1:]
-                else:
-                    other = found  # another key holds this id: evicted for this one
-                # In place, not INSERT OR REPLACE: the row's indexes are rewritten only
-                # where a column they hold changes (~19 µs of an overwrite).
-                conn.execute(_OVERWRITE_ROW, (*values, kid))
-                conn.execute(_DROP_ACCESS, (kid,))  # the new value has no reads yet
+                old = conn.execute(_OLD_VALUE, (row.key,)).fetchone()
+                # In place, not INSERT OR REPLACE: the row keeps its rowid, so neither the
+                # key index nor the table's last page is rewritten (~19 µs of an overwrite).
+                conn.execute(_OVERWRITE_ROW, (*values[1:], row.key))
+                conn.execute(_DROP_ACCESS, (old[3],))  # the new value has no reads yet
             d_entries, d_size = 1, 0
             if old is not None:
                 d_entries = 0
                 d_size -= self._drop_content(conn, old[1], old[2])
-            elif other is not None:
-                d_entries = 0
-                d_size -= self._drop_content(conn, other[2], other[3])
             if content_hash:
                 d_size += self._add_content(conn, content_hash, row.size)
             else:
                 d_size += row.size
             if extra is not None:
                 extra(conn)
-            changed = old is not None or other is not None
-            entries, size, gen = self._bump(conn, d_entries, d_size, 1 if changed else 0)
+            entries, size, gen = self._bump(conn, d_entries, d_size, 0 if old is None else 1)
             result = PutResult(None if old is None else old[0], [], False, gen)
-            if other is not None:
-                conn.execute("UPDATE cache_state SET evictions = evictions + 1 WHERE id = 1")
-                result.victims.append(other[1])
-                logger.warning(
-                    "key %s shares its index id with key %s, which was evicted for it",
-                    row.key,
-                    other[0],
-                )
-            self._evict(conn, kid, limits, result, entries, size, take_pending)
+            self._evict(conn, row.key, limits, result, entries, size, take_pending)
         return result
 
     def _evict(
         self,
         conn: sqlite3.Connection,
-        keep: int,
+        keep: str,
         limits: Limits,
         result: PutResult,
         entries: int,
@@ -701,9 +577,9 @@ class SqliteIndex(CacheIndex):
         # candidate (reads only move an entry later), so one without reads is the
         # policy's victim. FIFO orders by creation, which reads never change.
         select = (
-            "SELECT e.kid, e.store_key, e.content_hash, e.size, a.hits, a.accessed "
-            "FROM cache_entries AS e LEFT JOIN cache_access AS a ON a.kid = e.kid "
-            f"WHERE e.kid != ? ORDER BY {self._order} LIMIT ?"
+            "SELECT e.rowid, e.store_key, e.content_hash, e.size, a.hits, a.accessed "
+            "FROM cache_entries AS e LEFT JOIN cache_access AS a ON a.kid = e.rowid "
+            f"WHERE e.key != ? ORDER BY {self._order} LIMIT ?"
         )
         moves = self._policy != "fifo"
         while over_n > 0 or over_b > 0:
@@ -711,15 +587,15 @@ class SqliteIndex(CacheIndex):
             if not batch:
                 result.oversized = over_b > 0
                 break
-            for i, (kid, store_key, content_hash, size, hits, _at) in enumerate(batch):
+            for i, (rowid, store_key, content_hash, size, hits, _at) in enumerate(batch):
                 if over_n <= 0 and over_b <= 0:
                     break
                 if hits is not None:
                     if moves:
                         self._move_reads(conn, [r for r in batch[i:] if r[4] is not None])
                         break
-                    conn.execute(_DROP_ACCESS, (kid,))  # a FIFO victim's reads
-                conn.execute("DELETE FROM cache_entries WHERE kid = ?", (kid,))
+                    conn.execute(_DROP_ACCESS, (rowid,))  # a FIFO victim's reads
+                conn.execute("DELETE FROM cache_entries WHERE rowid = ?", (rowid,))
                 freed = self._drop_content(conn, content_hash, size)
                 over_n -= 1
                 over_b -= freed
@@ -739,7 +615,7 @@ class SqliteIndex(CacheIndex):
     def _move_reads(self, conn: sqlite3.Connection, rows: list[Any]) -> None:
         """Add the reads waiting in cache_access to these ``_evict`` candidates' rows."""
         conn.executemany(
-            "UPDATE cache_entries SET hits = hits + ?, accessed = max(accessed, ?) WHERE kid = ?",
+            "UPDATE cache_entries SET hits = hits + ?, accessed = max(accessed, ?) WHERE rowid = ?",
             [(r[4], r[5], r[0]) for r in rows],
         )
         conn.executemany(_DROP_ACCESS, [(r[0],) for r in rows])
@@ -747,9 +623,10 @@ class SqliteIndex(CacheIndex):
     def replace_value(
         self, key: str, store_key: str, content_hash: str, size: int, now: float
     ) -> str | None:
-        kid = self._kid(key)
         with self._txn() as conn:
-            old = conn.execute(_OLD_VALUE, (kid, key)).fetchone()
+            old = conn.execute(
+                "SELECT store_key, content_hash, size FROM cache_entries WHERE key = ?", (key,)
+            ).fetchone()
             if old is None:
                 return None
             d_size = self._add_content(conn, content_hash, size)
@@ -757,10 +634,9 @@ class SqliteIndex(CacheIndex):
             conn.execute(
                 "UPDATE cache_entries SET store_key = ?, content_hash = ?, size = ?, "
                 "accessed = ?, value_type = NULL, value_handler = NULL, value_codec = NULL, "
-                "value_hash = NULL, value_created_us = NULL, value_info = NULL, value = NULL, "
-                "vid = NULL "
-                "WHERE kid = ?",
-                (store_key, content_hash, size, now, kid),
+                "value_hash = NULL, value_created_us = NULL, value_info = NULL, value = NULL "
+                "WHERE key = ?",
+                (store_key, content_hash, size, now, key),
             )
             self._bump(conn, 0, d_size)
             return str(old[0])
@@ -768,13 +644,12 @@ class SqliteIndex(CacheIndex):
     def remove(
         self, key: str, store_key: str | None = None, counter: str | None = None
     ) -> str | None:
-        kid = self._kid(key)
         with self._txn() as conn:
-            old = conn.execute(_OLD_VALUE, (kid, key)).fetchone()
+            old = conn.execute(_OLD_VALUE, (key,)).fetchone()
             if old is None or (store_key is not None and old[0] != store_key):
                 return None
-            conn.execute("DELETE FROM cache_entries WHERE kid = ?", (kid,))
-            conn.execute(_DROP_ACCESS, (kid,))
+            conn.execute("DELETE FROM cache_entries WHERE rowid = ?", (old[3],))
+            conn.execute(_DROP_ACCESS, (old[3],))
             freed = self._drop_content(conn, old[1], old[2])
             self._bump(conn, -1, -freed)
             if counter is not None:
@@ -785,9 +660,8 @@ class SqliteIndex(CacheIndex):
     def touch(self, key: str, expires: float | None, now: float) -> bool:
         with self._txn() as conn:
             n = conn.execute(
-                "UPDATE cache_entries SET expires = ?, accessed = max(accessed, ?) "
-                "WHERE kid = ? AND key = ?",
-                (expires, now, self._kid(key), key),
+                "UPDATE cache_entries SET expires = ?, accessed = max(accessed, ?) WHERE key = ?",
+                (expires, now, key),
             ).rowcount
             if n:
                 self._bump(conn)
@@ -796,15 +670,19 @@ class SqliteIndex(CacheIndex):
     def sweep_expired(self, now: float) -> list[str]:
         with self._txn() as conn:
             found = conn.execute(
-                "SELECT kid, store_key, content_hash, size FROM cache_entries "
+                "SELECT rowid, store_key, content_hash, size FROM cache_entries "
                 "WHERE expires IS NOT NULL AND expires <= ?",
                 (now,),
             ).fetchall()
             freed = 0
-            for kid, _, content_hash, size in found:
-                conn.execute("DELETE FROM cache_entries WHERE kid = ?", (kid,))
-                conn.execute(_DROP_ACCESS, (kid,))
+            for rowid, _, content_hash, size in found:
+                conn.execute("DELETE FROM cache_entries WHERE rowid = ?", (rowid,))
+                conn.execute(_DROP_ACCESS, (rowid,))
                 freed += self._drop_content(conn, content_hash, size)
+            # Reads left by a process that deleted rows without this table's upkeep.
+            conn.execute(
+                "DELETE FROM cache_access WHERE kid NOT IN (SELECT rowid FROM cache_entries)"
+            )
             if found:
                 conn.execute(
                     "UPDATE cache_state SET expired = expired + ? WHERE id = 1", (len(found),)
@@ -817,21 +695,20 @@ class SqliteIndex(CacheIndex):
             if prefix:
                 lo, hi = _prefix_bounds(prefix)
                 found = conn.execute(
-                    "SELECT kid, store_key, content_hash, size FROM cache_entries "
+                    "SELECT rowid, store_key, content_hash, size FROM cache_entries "
                     "WHERE key >= ? AND key < ?",
                     (lo, hi),
                 ).fetchall()
                 freed = 0
-                for kid, _, content_hash, size in found:
-                    conn.execute("DELETE FROM cache_entries WHERE kid = ?", (kid,))
-                    conn.execute(_DROP_ACCESS, (kid,))
+                for rowid, _, content_hash, size in found:
+                    conn.execute("DELETE FROM cache_entries WHERE rowid = ?", (rowid,))
+                    conn.execute(_DROP_ACCESS, (rowid,))
                     freed += self._drop_content(conn, content_hash, size)
                 self._bump(conn, -len(found), -freed)
             else:
                 found = conn.execute(
                     "SELECT key, store_key, content_hash, size FROM cache_entries"
                 ).fetchall()
-                conn.execute("DELETE FROM cache_values")  # first: the trigger finds none
                 conn.execute("DELETE FROM cache_entries")
                 conn.execute("DELETE FROM cache_access")
                 conn.execute("DELETE FROM cache_contents")
