@@ -474,6 +474,30 @@ def test_get_inline_refuses_tampered_bytes(file_store: BlobStore) -> None:
     }
 
 
+def test_get_plain_pickle_loads_and_checks_like_get_inline(tmp_path: Path) -> None:
+    with BlobStore(tmp_path / "u") as store:
+        record = store.put_record({"a": "x" * 64}, key="k", keep_inline=lambda r: None)
+        assert (record.handler, record.codec, record.info) == ("pickle", "none", {})
+        data, content_hash = record.inline, record.content_hash
+        assert data is not None
+        assert store.get_plain_pickle("k", content_hash, data) == {"a": "x" * 64}
+        at = data.index(b"x" * 64) + 10
+        with pytest.raises(CacheIntegrityError):  # same size, still a valid pickle
+            store.get_plain_pickle("k", content_hash, data[:at] + b"y" + data[at + 1 :])
+        with pytest.raises(CacheIntegrityError):  # a hash of another algorithm's name
+            store.get_plain_pickle("k", "sha256:" + content_hash.split(":")[1], data)
+        junk = b"\x80\x05junk"  # not a pickle at all, even with its hash
+        with pytest.raises(CacheIntegrityError):
+            store.get_plain_pickle("k", "xxh3_128:" + xxhash.xxh3_128_hexdigest(junk), junk)
+    with BlobStore(tmp_path / "s", signing_key=b"k" * 32) as signed:
+        # No signature given: a strict signed store refuses it, as get_inline does.
+        with pytest.raises(CacheIntegrityError):
+            signed.get_plain_pickle("k", content_hash, data)
+        assert signed.get_plain_pickle("k", content_hash, data, strict_verification=False) == {
+            "a": "x" * 64
+        }
+
+
 def test_get_inline_checks_signatures(tmp_path: Path) -> None:
     unsigned = BlobStore(tmp_path / "u")
     record = unsigned.put_record({"a": 1}, key="k", keep_inline=lambda r: None)

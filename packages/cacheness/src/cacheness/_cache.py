@@ -370,9 +370,7 @@ class UnifiedCache(CustomMetadataMixin):
         """The value an index row holds as ``data``, ``fmt`` as ``lookup_value`` gives
         it: None for a plain pickle, else the JSON array [handler, codec, size, info]."""
         if fmt is None:
-            return self._store.get_inline(
-                key, "pickle", "none", len(data), content_hash, "{}", data, strict
-            )
+            return self._store.get_plain_pickle(key, content_hash, data, strict)
         handler, codec, size, info = json.loads(fmt)
         return self._store.get_inline(key, handler, codec, size, content_hash, info, data, strict)
 

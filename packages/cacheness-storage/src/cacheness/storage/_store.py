@@ -391,6 +391,30 @@ class BlobStore:
         )
         return self._load(record, strict_verification)[0]
 
+    def get_plain_pickle(
+        self, key: str, content_hash: str, data: bytes, strict_verification: bool = True
+    ) -> Any:
+        """:meth:`get_inline` of a value its caller knows to be a plain pickle: handler
+        "pickle", codec "none", no info, ``data`` of the recorded size (a cache index
+        row checks this in its query). On an unsigned store it is only hash-checked
+        and loaded, the whole of a small cached get besides the lookup."""
+        if self._closed:
+            self._check_open()
+        plain = self._pickle_is_plain
+        if plain is None:
+            plain = self._plain_pickle()
+        if plain and (
+            not self.verify_on_read
+            or (content_hash.startswith("xxh3_128:") and content_hash.endswith(self._xxh3(data)))
+        ):
+            try:
+                return pickle.loads(data)
+            except Exception:  # noqa: BLE001 - the general path below reports it
+                pass
+        return self.get_inline(
+            key, "pickle", "none", len(data), content_hash, "{}", data, strict_verification
+        )
+
     def _plain_pickle(self) -> bool:
         """Can an inline value be loaded with ``pickle.loads`` after its hash check: an
         unsigned store whose handler named "pickle" is the built-in one (no plugin

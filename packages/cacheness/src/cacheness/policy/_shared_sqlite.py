@@ -158,7 +158,14 @@ class SharedSqliteIndex(SqliteIndex):
 
     def lookup_value(self, key: str, now: float) -> Any:
         """``(content_hash, value, format)`` of ``key``'s row (see ``_VALUE_GET``), or None."""
-        return self._by_key(_VALUE_GET, key, now)
+        # _by_key inlined: this is every small get's query, and each Python call
+        # layer costs ~0.3 µs here (more when other work has cooled the CPU caches).
+        if self._closed:
+            self._check()
+        try:
+            return self._backend._row(_VALUE_GET, (now, key))
+        except sqlite3.Error as exc:
+            raise CacheBackendError(f"cache index: {exc}", key=key, backend=self.name) from exc
 
     def lookup_for_tier(self, key: str) -> Any:
         """``(store_key, expires, content_hash, value, format)`` of ``key``'s row (see
