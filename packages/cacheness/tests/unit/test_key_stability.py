@@ -175,3 +175,15 @@ if __name__ == "__main__":
         json.dumps({"key_version": KEY_VERSION, "keys": compute_table()}, indent=2) + "\n"
     )
     print(f"wrote {TABLE}")
+
+
+def test_remembered_str_keys_stay_bounded() -> None:
+    # Many distinct keys (a 1,000,000-entry cache) must not grow the memory of
+    # computed keys past its bound, under one parameter name or several.
+    from cacheness.keys import _key
+
+    for i in range(3 * _key._MEMO_ENTRIES):
+        make_key({"item" if i % 3 else "other": f"k{i}"})
+    remembered = sum(len(m) for m in _key._str_memo.values())
+    assert 0 < remembered <= _key._MEMO_ENTRIES
+    assert remembered == _key._memo_size

@@ -40,6 +40,7 @@ _alone_cache: dict[str, bytes] = {}
 _alone_str_cache: dict[str, bytes] = {}  # the same followed by the str tag
 _ONE_PARAM = _KEY_HEADER + _Q.pack(1)
 _SHORT_LENGTHS = [_Q.pack(n) for n in range(256)]  # a list index is faster than a pack
+_hexdigest = xxhash.xxh3_128_hexdigest
 
 
 # Keys of one-str calls (get(item="...")) already computed: a repeated key
@@ -76,6 +77,7 @@ def _name_head(name: Any) -> bytes:
 
 def make_key(params: Mapping[str, Any]) -> str:
     """The cache key (32 hex characters) of a mapping of key parameters."""
+    global _memo_size
     if len(params) == 1:
         # The usual call (get(item=...), a one-argument function): nothing to sort.
         for name, value in params.items():
@@ -91,17 +93,19 @@ def make_key(params: Mapping[str, Any]) -> str:
                 except UnicodeEncodeError:
                     data = value.encode("utf-8", "surrogatepass")  # lone surrogates
                 n = len(data)
-                key = xxhash.xxh3_128_hexdigest(
-                    prefix + (_SHORT_LENGTHS[n] if n < 256 else _Q.pack(n)) + data
-                )
+                key = _hexdigest(prefix + (_SHORT_LENGTHS[n] if n < 256 else _Q.pack(n)) + data)
                 if n <= _MEMO_LONGEST:
-                    _remember(name, value, key)
+                    if memo is not None and _memo_size < _MEMO_ENTRIES:
+                        # _remember inlined: with many distinct keys (a 1,000,000-entry
+                        # cache) nearly every get comes here, and the call cost ~0.1 µs.
+                        memo[value] = key
+                        _memo_size += 1
+                    else:
+                        _remember(name, value, key)
                 return key
             prefix = _alone_cache.get(name) or _ONE_PARAM + _name_head(name)
             simple = _SIMPLE.get(type(value))
-            return xxhash.xxh3_128_hexdigest(
-                prefix + (simple(value) if simple else encode_value(value, name))
-            )
+            return _hexdigest(prefix + (simple(value) if simple else encode_value(value, name)))
     parts = []
     names = _name_cache
     for name, value in params.items():
@@ -111,7 +115,7 @@ def make_key(params: Mapping[str, Any]) -> str:
         simple = _SIMPLE.get(type(value))
         parts.append(head + (simple(value) if simple else encode_value(value, name)))
     parts.sort()
-    return xxhash.xxh3_128_hexdigest(_KEY_HEADER + _Q.pack(len(parts)) + b"".join(parts))
+    return _hexdigest(_KEY_HEADER + _Q.pack(len(parts)) + b"".join(parts))
 
 
 def _render(v: Any, name: str, depth: int = 0) -> Any:
