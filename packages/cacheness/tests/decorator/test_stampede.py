@@ -256,3 +256,66 @@ def test_a_stale_lease_of_another_owner_is_taken_over(tmp_path: Path) -> None:
         assert time.monotonic() - t0 >= 0.2  # it waited for the dead owner's lease
         assert _leases(cache_dir) == []
         assert cache.get(cache_key=body.cache_key(1)) == 2
+
+
+def test_a_quick_body_runs_without_a_lease_until_it_turns_slow(tmp_path: Path) -> None:
+    """After eight computations each under a millisecond, a miss computes at once
+    even while another owner holds the key's lease (a lease would cost more than
+    the duplicate computation); one slow computation makes misses wait again."""
+    from cacheness.decorator._function import _QUICK_RUNS
+
+    cache_dir = tmp_path / "c"
+    slow = {"x": -1}
+    with cacheness(cache_dir=cache_dir) as cache:
+
+        @cached(cache_instance=cache, lease_ttl_seconds=0.4)
+        def body(x: int) -> int:
+            if x == slow["x"]:
+                time.sleep(0.01)
+            return x * 10
+
+        def blocked(x: int) -> float:
+            """Seconds ``body(x)`` took while another owner held x's lease."""
+            assert cache._acquire_lease("cached:" + body.cache_key(x), 0.4, "other-owner")
+            t0 = time.monotonic()
+            assert body(x) == x * 10
+            return time.monotonic() - t0
+
+        assert blocked(100) >= 0.3  # the first computation: unknown cost, so it waits
+        for x in range(_QUICK_RUNS - 1):
+            assert body(x) == x * 10
+        assert blocked(101) < 0.2  # eight quick computations: no lease any more
+        assert cache.get(cache_key=body.cache_key(101)) == 1010
+        slow["x"] = 102
+        assert body(102) == 1020  # a slow one
+        assert blocked(103) >= 0.3  # the lease is back
+        assert body.cache_info().misses == _QUICK_RUNS + 3
+    # Nothing of ours is left: the other owner's leases expire by themselves.
+    assert {owner for _name, owner in _leases(cache_dir)} <= {"other-owner"}
+
+
+def test_a_quick_coroutine_runs_without_a_lease(tmp_path: Path) -> None:
+    import asyncio
+
+    from cacheness.decorator._function import _QUICK_RUNS
+
+    with cacheness(cache_dir=tmp_path / "c") as cache:
+
+        @cached(cache_instance=cache, lease_ttl_seconds=0.4)
+        async def body(x: int) -> int:
+            return x * 10
+
+        async def blocked(x: int) -> float:
+            assert cache._acquire_lease("cached:" + body.cache_key(x), 0.4, "other-owner")
+            t0 = time.monotonic()
+            assert await body(x) == x * 10
+            return time.monotonic() - t0
+
+        async def main() -> None:
+            assert await blocked(100) >= 0.3
+            for x in range(_QUICK_RUNS - 1):
+                assert await body(x) == x * 10
+            assert await blocked(101) < 0.2
+
+        asyncio.run(main())
+        assert cache.get(cache_key=body.cache_key(101)) == 1010

@@ -25,7 +25,10 @@ Stampedes: concurrent callers of one missing key in a process wait for one
 computation. Processes sharing a cache directory coordinate through a lease
 in the cache index (``lease_ttl_seconds``, renewed while the body runs): the
 others poll for the result, and take over if the creator dies (its lease is
-then no longer renewed and expires).
+then no longer renewed and expires). A body that has run quickly (its last
+eight computations each under a millisecond) runs without a lease, which would
+cost more than another process computing the same key at the same time; one
+slower computation brings the lease back.
 """
 
 from cacheness.decorator._api import cache_if, cached

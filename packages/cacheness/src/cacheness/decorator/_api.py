@@ -114,7 +114,9 @@ class _Cached:
         content), ``condition`` (``condition(result)`` decides whether a result
         is stored), ``version`` (changing it makes old results unreachable),
         ``lease_ttl_seconds`` (how long another process waits for a creator
-        that stopped renewing its lease; None: no cross-process coordination).
+        that stopped renewing its lease; None: no cross-process coordination;
+        a body whose recent computations were all under a millisecond runs
+        without a lease).
         """
         _check_options(options)
         if func is not None:
