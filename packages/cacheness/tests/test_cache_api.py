@@ -587,3 +587,21 @@ def test_required_signatures_never_load_a_bad_entry(tmp_path: Path) -> None:
         assert other.get_with_metadata(x=1, strict_verification=False) is None
         other.put("mine", x=2)
         assert other.get(x=2) == "mine"
+
+
+def test_clear_frees_old_orphans_and_keeps_fresh_ones(tmp_path: Path) -> None:
+    """A store entry no index row names (a put killed between its store write and its
+    index row) is freed by clear() once it is a minute old; a younger one may be a put
+    still in flight, and is left for cleanup_expired()."""
+    import time
+
+    with cacheness(cache_dir=tmp_path, metadata_backend="json") as cache:
+        cache.put(b"v" * 50_000, k=1)
+        orphan = cache._store.put(b"o" * 50_000, key="orphan-store-key")
+        assert cache.clear() == 1
+        assert cache._store.exists(orphan)  # fresh: left alone
+        cache._clock = lambda: time.time() + 120
+        cache.put(b"w" * 50_000, k=2)
+        assert cache.clear() == 1
+        assert not cache._store.exists(orphan)  # two minutes old now: freed
+        assert list(cache._store.list()) == []

@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cacheness import cacheness
@@ -92,6 +93,84 @@ def test_memory_tier_sees_another_process(tmp_path: Path, shared_backend: str) -
         assert cache.get(x=1) == "theirs"
         assert run(tmp_path, shared_backend, "invalidate", "-") is True
         assert cache.get(x=1) is None
+
+
+def _overwrite_rounds(cache_dir: str, backend: str, rounds: int, go: Any, done: Any) -> None:
+    with cacheness(cache_dir=cache_dir, metadata_backend=backend) as cache:
+        for i in range(1, rounds + 1):
+            while go.value != i:
+                pass
+            cache.put(i, k="x")
+            done.value = i  # after put returned: committed, and the generation published
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_memory_tier_read_during_an_overwrite_never_keeps_the_old_value(
+    tmp_path: Path, shared_backend: str
+) -> None:
+    """A get racing another process's put may return the old value, but once that put
+    has returned, every get returns the new one (no later write needed to notice)."""
+    import multiprocessing
+    import time
+
+    rounds = 40
+    ctx = multiprocessing.get_context("fork")
+    go, done = ctx.Value("q", 0, lock=False), ctx.Value("q", 0, lock=False)
+    with cacheness(
+        cache_dir=tmp_path, metadata_backend=shared_backend, memory_cache_entries=10
+    ) as cache:
+        cache.put(0, k="x")
+        writer = ctx.Process(
+            target=_overwrite_rounds, args=(str(tmp_path), shared_backend, rounds, go, done)
+        )
+        writer.start()
+        stale = []
+        try:
+            for i in range(1, rounds + 1):
+                go.value = i
+                deadline = time.monotonic() + 30
+                while done.value != i and time.monotonic() < deadline:
+                    cache.get(k="x")  # reads while the writer's transaction runs
+                after = [cache.get(k="x"), cache.get(k="x")]
+                if after != [i, i]:
+                    stale.append((i, after))
+        finally:
+            writer.join(30)
+        assert writer.exitcode == 0
+        assert stale == []
+
+
+def _put_rounds(cache_dir: str, backend: str, n: int, done: Any) -> None:
+    with cacheness(cache_dir=cache_dir, metadata_backend=backend, max_cache_size_mb=None) as c:
+        for i in range(n):
+            c.put(os.urandom(40_000), k=i)  # large enough for a store entry of its own
+            done.value = i + 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+@pytest.mark.parametrize("backend", ["sqlite", "json"])
+def test_clear_racing_puts_never_leaves_an_entry_without_its_value(
+    tmp_path: Path, backend: str
+) -> None:
+    """clear() in one process while another puts, for the first half of the puts: an
+    entry that survives (put after the last clear read the index) keeps its value;
+    none is left unreadable."""
+    import multiprocessing
+
+    n = 150
+    ctx = multiprocessing.get_context("fork")
+    done = ctx.Value("b", 0, lock=False)
+    writer = ctx.Process(target=_put_rounds, args=(str(tmp_path), backend, n, done))
+    with cacheness(cache_dir=tmp_path, metadata_backend=backend, max_cache_size_mb=None) as a:
+        writer.start()
+        while done.value < n // 2 and writer.is_alive():
+            a.clear()
+        writer.join(60)
+    assert writer.exitcode == 0
+    with cacheness(cache_dir=tmp_path, metadata_backend=backend) as cache:
+        present = [i for i in range(n) if cache.exists(k=i)]
+        assert len(present) >= n - n // 2  # at least the puts after the last clear
+        assert [i for i in present if cache.get(k=i) is None] == []
 
 
 def test_leases_are_exclusive_across_processes(tmp_path: Path, shared_backend: str) -> None:

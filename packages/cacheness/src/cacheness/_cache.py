@@ -88,6 +88,9 @@ _MISS: Final = object()
 # Store entries nobody's index row names (a process killed between its store
 # write and its index commit) are removed by cleanup_expired() after this long.
 _ORPHAN_GRACE_S = 3600.0
+# clear() removes them after this long: a put's store write and its index row are
+# never that far apart, and a clear should free the space of a crash's leftovers.
+_CLEAR_GRACE_S = 60.0
 
 
 def _check_cache_key(key: object) -> str:
@@ -701,12 +704,22 @@ class UnifiedCache(CustomMetadataMixin):
         if joined:
             # A small value lives in its index row (one B-tree, one transaction); a
             # larger one's store entry commits in the index row's transaction.
-            self._store.put_record(
-                data, key=store_key, metadata=metadata, within=index_put, keep_inline=index_put
-            )
+            try:
+                self._store.put_record(
+                    data, key=store_key, metadata=metadata, within=index_put, keep_inline=index_put
+                )
+            except BaseException:
+                self._index._forget_reached()
+                raise
+            self._index.publish()  # the store's transaction, which the index joined, committed
         elif isinstance(self._index, SharedSqliteIndex):
             # Store entry and index row in one transaction: both or neither.
-            self._store.put_record(data, key=store_key, metadata=metadata, within=index_put)
+            try:
+                self._store.put_record(data, key=store_key, metadata=metadata, within=index_put)
+            except BaseException:
+                self._index._forget_reached()
+                raise
+            self._index.publish()
         else:
             record = self._store.put_record(data, key=store_key, metadata=metadata)
             try:
@@ -849,10 +862,13 @@ class UnifiedCache(CustomMetadataMixin):
 
     def _sweep_orphans(self, grace: float | None) -> int:
         """Delete store entries no index row names (older than ``grace`` seconds)."""
-        referenced = self._index.store_keys()
         cutoff = None if grace is None else self._clock() - grace
+        # The store first, then the index: a put committing between the two reads is
+        # then in ``referenced``. (The other way round its entry looked orphaned.)
+        listed = list(self._store.list())
+        referenced = self._index.store_keys()
         n = 0
-        for store_key in self._store.list():
+        for store_key in listed:
             if store_key in referenced:
                 continue
             if cutoff is not None:
@@ -870,7 +886,9 @@ class UnifiedCache(CustomMetadataMixin):
         gone = self._index.clear()
         for store_key in gone:
             self._drop_value(store_key)
-        self._sweep_orphans(None)
+        # Entries of puts still in flight (the JSON index writes its row after the
+        # store's) are not orphans: only those older than a minute go.
+        self._sweep_orphans(_CLEAR_GRACE_S)
         if self._tier is not None:
             self._tier.clear()
         return len(gone)

@@ -18,14 +18,19 @@ existing row (the SQLite index skips it for a put of a new key: no memory
 tier can hold that key, so nothing it holds goes stale). Besides its durable
 copy in the index it is mirrored into an 8-byte memory-mapped file, which the
 in-process memory tier reads (~0.1 µs) on each hit to learn whether any
-process has written since it last checked.
+process has written since it last checked. The file is raised only once the
+write has committed (:meth:`CacheIndex.publish`), and never lowered: a reader
+that saw the new number and then the old row would mark a stale value current.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import mmap
 import os
+import threading
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -124,6 +129,17 @@ class PutResult:
 Pending = tuple[dict[str, list[float]], dict[str, int]]
 
 
+_GENERATIONS: weakref.WeakSet[Generation] = weakref.WeakSet()
+
+
+def _generations_after_fork() -> None:
+    for generation in list(_GENERATIONS):
+        generation._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_generations_after_fork)
+
+
 class Generation:
     """A counter shared by the processes on one machine through a memory-mapped file.
 
@@ -139,6 +155,10 @@ class Generation:
         self._mm = None if path is None else self._map(path)
         self._view = memoryview(bytearray(8) if self._mm is None else self._mm).cast("Q")
         self._closed = False
+        self._lock = threading.Lock()
+        self._lock_fd = -1  # for publish's flock, opened on first use
+        self._lock_pid = -1
+        _GENERATIONS.add(self)
 
     @staticmethod
     def _map(path: Path) -> mmap.mmap:
@@ -157,6 +177,21 @@ class Generation:
             # The old mapping is dropped, not closed: another thread may be reading it.
             mm = self._map(self._path)
             self._mm, self._view = mm, memoryview(mm).cast("Q")
+            with self._lock:  # publish's flock must be taken on the new file
+                if self._lock_pid == os.getpid():
+                    os.close(self._lock_fd)
+                self._lock_pid = -1
+
+    def _after_fork_in_child(self) -> None:
+        # A parent's thread may have held the lock at the fork; the descriptor is the
+        # parent's open file (closing the child's copy leaves the parent's flock).
+        self._lock = threading.Lock()
+        if self._lock_pid != -1:
+            try:
+                os.close(self._lock_fd)
+            except OSError:
+                pass
+            self._lock_pid = -1
 
     def read(self) -> int:
         return self._view[0]
@@ -165,9 +200,39 @@ class Generation:
         if not self._closed:
             self._view[0] = value
 
+    def publish(self, value: int) -> None:
+        """Raise the counter to ``value``; never lower it. Writers publish after their
+        commits, in any order: an older number written last would hide a newer write
+        from every memory tier, so the check and the store hold a lock (an ``flock``
+        on the file, across processes, and a thread lock, as ``flock`` is per open
+        file and every thread here shares one)."""
+        if self._closed or value <= self._view[0]:
+            return
+        with self._lock:
+            if self._closed:
+                return
+            if self._path is None:
+                self._view[0] = max(self._view[0], value)
+                return
+            if self._lock_pid != os.getpid():
+                # A descriptor of its own per process: a forked child sharing its
+                # parent's open file would share its flock too.
+                self._lock_fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
+                self._lock_pid = os.getpid()
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                if value > self._view[0]:
+                    self._view[0] = value
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            with self._lock:
+                if self._lock_pid == os.getpid():
+                    os.close(self._lock_fd)
+                self._lock_pid = -1
             if self._mm is not None:
                 self._view.release()  # an exported buffer keeps mmap.close() from working
                 self._mm.close()
@@ -180,6 +245,26 @@ class CacheIndex(ABC):
 
     def __init__(self, generation: Generation) -> None:
         self.generation = generation
+        # The generation each thread's write transaction reached, published once it
+        # has committed (the shared SQLite index's puts commit inside the store's).
+        self._unpublished = threading.local()
+
+    def _reached(self, generation: int) -> None:
+        """Note that the write transaction in progress moves the generation to this."""
+        self._unpublished.value = max(getattr(self._unpublished, "value", 0), generation)
+
+    def _forget_reached(self) -> None:
+        """The write transaction rolled back: nothing of it is to be published."""
+        self._unpublished.value = 0
+
+    def publish(self) -> None:
+        """Publish the generation this thread's committed writes reached (see the
+        module docstring); the cache calls it after every write, a no-op when none
+        is waiting."""
+        value = getattr(self._unpublished, "value", 0)
+        if value:
+            self._unpublished.value = 0
+            self.generation.publish(value)
 
     @abstractmethod
     def lookup(self, key: str) -> tuple[str, float | None] | None:

@@ -129,8 +129,11 @@ class JsonIndex(CacheIndex):
                 yield self._data
                 if self._dirty:
                     self._save()
+                # Saved, and still under the lock: writers publish in order.
+                self.publish()
             except BaseException:
                 self._stamp = None  # reload on next use: the in-memory copy may be half-changed
+                self._forget_reached()
                 raise
             finally:
                 self._dirty = False
@@ -150,7 +153,7 @@ class JsonIndex(CacheIndex):
         st["generation"] += 1
         st["entries"] += entries
         st["size_bytes"] += size
-        self.generation.write(st["generation"])
+        self._reached(st["generation"])
         self._dirty = True
 
     # -------------------------------------------------------------- reads

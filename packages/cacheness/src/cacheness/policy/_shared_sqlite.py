@@ -116,7 +116,7 @@ class SharedSqliteIndex(SqliteIndex):
                     (seen,),
                 )
                 (gen,) = c.execute("SELECT generation FROM cache_state WHERE id = 1").fetchone()
-        self.generation.write(gen)
+        self.generation.publish(gen)
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
@@ -232,18 +232,26 @@ class _SharedTxn:
         return conn
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        backend = self._index._backend
+        index = self._index
+        backend = index._backend
         local = backend._local
         if not self._outer:
+            # Joined: the store's transaction commits (the cache publishes then) or not.
             local.depth -= 1
         else:
+            committed = False
             try:
                 if exc_type is not None:
                     rollback(self._conn)
                 else:
                     backend._commit(self._conn)
+                    committed = True
             finally:
                 local.depth = 0
+                if committed:
+                    index.publish()
+                else:
+                    index._forget_reached()
         if isinstance(exc, sqlite3.Error):
             raise self._error(exc) from exc
 

@@ -372,9 +372,14 @@ class SqliteIndex(CacheIndex):
                 with self._write(conn):
                     yield conn
             except sqlite3.Error as exc:
+                self._forget_reached()
                 raise CacheBackendError(
                     f"cache index {self.path or ':memory:'}: {exc}", backend=self.name
                 ) from exc
+            except BaseException:
+                self._forget_reached()
+                raise
+        self.publish()
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         with self._lock:
@@ -400,7 +405,7 @@ class SqliteIndex(CacheIndex):
         )
         g, n, b = conn.execute(_STATE).fetchone()
         if gen:
-            self.generation.write(g)
+            self._reached(g)
         return int(n), int(b), int(g)
 
     # ---------------------------------------------------------------- reads
@@ -609,7 +614,7 @@ class SqliteIndex(CacheIndex):
                 (evicted, evicted, freed_total),
             )
             (gen,) = conn.execute("SELECT generation FROM cache_state WHERE id = 1").fetchone()
-            self.generation.write(gen)
+            self._reached(gen)
             result.generation = int(gen)
 
     def _move_reads(self, conn: sqlite3.Connection, rows: list[Any]) -> None:
