@@ -153,6 +153,27 @@ def test_update_data_keeps_metadata_and_expiry(cache: UnifiedCache) -> None:
     assert cache.get(x=2) is None
 
 
+def test_update_data_evicts_to_stay_within_the_size_limit(
+    make_cache: Callable[..., UnifiedCache],
+) -> None:
+    """A larger value through update_data evicts like a put (never the updated entry)."""
+    import os
+
+    cache = make_cache(max_cache_size_mb=1)
+    values = {i: os.urandom(300_000) for i in range(3)}
+    for i, v in values.items():
+        cache.put(v, k=i)
+    cache.get(k=0)  # k=1 is now the least recently used
+    bigger = os.urandom(600_000)
+    assert cache.update_data(bigger, k=2) is True
+    s = cache.stats()
+    assert s["size_bytes"] <= 1024 * 1024
+    assert (s["entries"], s["evictions"]) == (2, 1)
+    assert cache.get(k=2) == bigger
+    assert cache.get(k=0) == values[0]
+    assert cache.get(k=1) is None
+
+
 def test_invalidate_and_delete(cache: UnifiedCache) -> None:
     cache.put(1, x=1)
     cache.put(2, x=2)
@@ -605,3 +626,14 @@ def test_clear_frees_old_orphans_and_keeps_fresh_ones(tmp_path: Path) -> None:
         assert cache.clear() == 1
         assert not cache._store.exists(orphan)  # two minutes old now: freed
         assert list(cache._store.list()) == []
+
+
+def test_a_cache_dir_blocked_by_a_file_is_a_config_error(tmp_path: Path) -> None:
+    from cacheness import CacheConfigError
+
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"not a directory")
+    for where in (blocker, blocker / "sub"):
+        with pytest.raises(CacheConfigError, match="a file stands at that path"):
+            cacheness(cache_dir=where)
+    assert blocker.read_bytes() == b"not a directory"  # left as it was

@@ -65,6 +65,7 @@ from cacheness.storage.errors import (
     CacheError,
     CacheIntegrityError,
     CacheKeyError,
+    CacheStorageError,
 )
 
 __all__ = ["UnifiedCache", "cacheness"]
@@ -145,7 +146,15 @@ class UnifiedCache(CustomMetadataMixin):
         needs_dir = backend != "memory" or blob_backend == "file"
         root = config.path if needs_dir else None
         if root is not None:
-            root.mkdir(parents=True, exist_ok=True)
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError) as exc:
+                raise CacheConfigError(
+                    f"cache_dir {str(root)!r} cannot be created: a file stands at that path "
+                    f"or at one of its parents ({exc.strerror})"
+                ) from exc
+            except OSError as exc:
+                raise CacheStorageError(f"cannot create cache_dir {str(root)!r}: {exc}") from exc
         self._store = BlobStore(
             root,
             backend=backend,
@@ -790,22 +799,42 @@ class UnifiedCache(CustomMetadataMixin):
             return False
         store_key = self._new_store_key(key)
         self._store.put(data, key=store_key, metadata=row.metadata)
+        self._settle()  # as in put: the write-behind needs the write lock
         try:
             meta = self._store.get_metadata(store_key)
-            old = None
+            result = None
             if meta is not None:
-                old = self._index.replace_value(
-                    key, store_key, meta["content_hash"], int(meta["size"]), self._clock()
+                result = self._index.replace_value(
+                    key,
+                    store_key,
+                    meta["content_hash"],
+                    int(meta["size"]),
+                    self._clock(),
+                    self._limits,
+                    self._take_pending,
                 )
         except BaseException:
             self._store.delete(store_key)
             raise
-        if old is None:
+        if result is None:
             self._store.delete(store_key)
             return False
-        self._drop_value(old)
         if self._tier is not None:
             self._tier.pop(key)
+        assert result.replaced is not None
+        self._drop_value(result.replaced)
+        if result.victims:  # their rows' removal moved the generation: a tier re-checks
+            for victim in result.victims:
+                self._drop_value(victim)
+            self._log_eviction(len(result.victims))
+        if result.oversized:
+            logger.warning(
+                "entry %s (%d bytes) is larger than max_cache_size_mb=%s on its own; it was "
+                "kept, and every other entry was evicted",
+                key,
+                int(meta["size"]) if meta is not None else 0,
+                self.config.max_cache_size_mb,
+            )
         return True
 
     def touch(

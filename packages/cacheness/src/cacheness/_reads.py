@@ -18,8 +18,10 @@ summing. ``flush`` (stats, close, listing) and ``settle`` (metadata) wait for it
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Final
 
@@ -32,6 +34,17 @@ logger = logging.getLogger(__name__)
 BATCH: Final = 4096
 # What take() hands over when nothing waits: indexes only read (or clear) it.
 _NOTHING: Final[Pending] = ({}, {})
+
+
+_LOGS: weakref.WeakSet[ReadLog] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for log in list(_LOGS):
+        log._forget()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class ReadLog:
@@ -51,6 +64,18 @@ class ReadLog:
         self._write = write
         self._writer: threading.Thread | None = None  # the write-behind in progress
         self._inflight: Pending = _NOTHING  # what it writes
+        _LOGS.add(self)
+
+    def _forget(self) -> None:
+        """In a forked child: the reads counted so far are the parent's, which writes
+        them; the child counts only its own (and has no write-behind thread)."""
+        self._lock = threading.Lock()  # a parent's thread may have held it at the fork
+        del self._reads[:]
+        self._summed = {}
+        self._summed_hits = self._summed_misses = 0
+        self._writer = None
+        self._inflight = _NOTHING
+        self._flush_at = time.monotonic() + self._flush_s
 
     def hit(self, key: str, now: float) -> None:
         reads = self._reads

@@ -23,6 +23,7 @@ import pandas as pd  # type: ignore[import-untyped, unused-ignore]
 import pytest
 from cacheness import KEY_VERSION, UnifiedCache
 from cacheness.keys import make_key
+from cacheness.storage.errors import CacheKeyError
 
 TABLE = Path(__file__).resolve().parent.parent / "data" / "key_stability.json"
 
@@ -187,3 +188,15 @@ def test_remembered_str_keys_stay_bounded() -> None:
     remembered = sum(len(m) for m in _key._str_memo.values())
     assert 0 < remembered <= _key._MEMO_ENTRIES
     assert remembered == _key._memo_size
+
+
+def test_a_str_subclass_name_is_refused_whatever_was_keyed_before() -> None:
+    class Name(str):
+        pass
+
+    for params in ({Name("item"): "x"}, {Name("other"): 1, "item": 2}):
+        with pytest.raises(CacheKeyError):
+            make_key(params)
+        make_key({str(k): v for k, v in params.items()})  # the plain names, now cached
+        with pytest.raises(CacheKeyError):
+            make_key(params)

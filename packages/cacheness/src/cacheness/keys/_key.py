@@ -81,6 +81,10 @@ def make_key(params: Mapping[str, Any]) -> str:
     if len(params) == 1:
         # The usual call (get(item=...), a one-argument function): nothing to sort.
         for name, value in params.items():
+            if type(name) is not str:
+                # Before any cache lookup: a str subclass equal to a cached name must
+                # fail here as it does in a fresh process.
+                _name_head(name)  # raises CacheKeyError
             if type(value) is str:  # get(item="...") and friends: _enc_str inlined
                 memo = _str_memo.get(name)
                 if memo is not None:
@@ -110,7 +114,7 @@ def make_key(params: Mapping[str, Any]) -> str:
     names = _name_cache
     for name, value in params.items():
         head = names.get(name)
-        if head is None:
+        if head is None or type(name) is not str:
             head = _name_head(name)
         simple = _SIMPLE.get(type(value))
         parts.append(head + (simple(value) if simple else encode_value(value, name)))

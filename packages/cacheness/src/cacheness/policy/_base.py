@@ -284,9 +284,18 @@ class CacheIndex(ABC):
 
     @abstractmethod
     def replace_value(
-        self, key: str, store_key: str, content_hash: str, size: int, now: float
-    ) -> str | None:
-        """Point ``key`` at a new value keeping its expiry and parameters; the old store key."""
+        self,
+        key: str,
+        store_key: str,
+        content_hash: str,
+        size: int,
+        now: float,
+        limits: Limits,
+        take_pending: Callable[[], Pending],
+    ) -> PutResult | None:
+        """Point ``key`` at a new value keeping its expiry and parameters, then evict to
+        fit ``limits`` as :meth:`put` does; None when ``key`` has no row. The result's
+        ``replaced`` is the old store key."""
 
     @abstractmethod
     def remove(

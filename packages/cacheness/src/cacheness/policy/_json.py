@@ -275,18 +275,28 @@ class JsonIndex(CacheIndex):
         self._bump(data, -evicted, -freed_total)
 
     def replace_value(
-        self, key: str, store_key: str, content_hash: str, size: int, now: float
-    ) -> str | None:
+        self,
+        key: str,
+        store_key: str,
+        content_hash: str,
+        size: int,
+        now: float,
+        limits: Limits,
+        take_pending: Callable[[], Pending],
+    ) -> PutResult | None:
         with self._locked() as data:
             d = data["entries"].get(key)
             if d is None:
                 return None
+            self._flush(data, take_pending())
             old = d["store_key"]
             d_size = self._add_content(data, content_hash, size)
             d_size -= self._drop_content(data, d["content_hash"])
             d.update(store_key=store_key, content_hash=content_hash, size=size, accessed=now)
             self._bump(data, 0, d_size)
-            return str(old)
+            result = PutResult(replaced=str(old), victims=[])
+            self._evict(data, key, limits, result)
+        return result
 
     def remove(
         self, key: str, store_key: str | None = None, counter: str | None = None

@@ -508,8 +508,15 @@ class SqlAlchemyIndex(CacheIndex):
             txn.add("size_bytes", -freed_total)
 
     def replace_value(
-        self, key: str, store_key: str, content_hash: str, size: int, now: float
-    ) -> str | None:
+        self,
+        key: str,
+        store_key: str,
+        content_hash: str,
+        size: int,
+        now: float,
+        limits: Limits,
+        take_pending: Callable[[], Pending],
+    ) -> PutResult | None:
         sa, e = self._sa, self.entries
         with self._txn() as txn:
             conn = txn.conn
@@ -518,6 +525,7 @@ class SqlAlchemyIndex(CacheIndex):
             ).first()
             if old is None:
                 return None
+            self._flush(txn, take_pending())
             d_size = self._add_content(conn, content_hash, size)
             d_size -= self._drop_content(conn, old[1])
             conn.execute(
@@ -526,7 +534,9 @@ class SqlAlchemyIndex(CacheIndex):
                 .values(store_key=store_key, content_hash=content_hash, size=size, accessed=now)
             )
             self._bump(txn, 0, d_size)
-            return str(old[0])
+            result = PutResult(replaced=str(old[0]), victims=[])
+            self._evict(txn, key, limits, result)
+        return result
 
     def remove(
         self, key: str, store_key: str | None = None, counter: str | None = None

@@ -626,8 +626,15 @@ class SqliteIndex(CacheIndex):
         conn.executemany(_DROP_ACCESS, [(r[0],) for r in rows])
 
     def replace_value(
-        self, key: str, store_key: str, content_hash: str, size: int, now: float
-    ) -> str | None:
+        self,
+        key: str,
+        store_key: str,
+        content_hash: str,
+        size: int,
+        now: float,
+        limits: Limits,
+        take_pending: Callable[[], Pending],
+    ) -> PutResult | None:
         with self._txn() as conn:
             old = conn.execute(
                 "SELECT store_key, content_hash, size FROM cache_entries WHERE key = ?", (key,)
@@ -643,8 +650,10 @@ class SqliteIndex(CacheIndex):
                 "WHERE key = ?",
                 (store_key, content_hash, size, now, key),
             )
-            self._bump(conn, 0, d_size)
-            return str(old[0])
+            entries, total, gen = self._bump(conn, 0, d_size)
+            result = PutResult(str(old[0]), [], False, gen)
+            self._evict(conn, key, limits, result, entries, total, take_pending)
+        return result
 
     def remove(
         self, key: str, store_key: str | None = None, counter: str | None = None
