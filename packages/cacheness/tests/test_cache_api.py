@@ -550,6 +550,7 @@ def test_unknown_keywords_name_the_closest(kwargs: dict[str, object], hint: str)
         {"max_cache_size_mb": -1},
         {"default_ttl_seconds": 0},
         {"memory_cache_entries": -1},
+        {"memory_cache_entries": True},
         {"security": {"signing_key": b"x"}},
     ],
 )

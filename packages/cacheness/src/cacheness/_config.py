@@ -157,7 +157,8 @@ class CacheConfig(_Strict):
         _positive("default_ttl_seconds", self.default_ttl_seconds)
         _positive("max_cache_size_mb", self.max_cache_size_mb)
         _positive("max_entries", self.max_entries, integer=True)
-        if not isinstance(self.memory_cache_entries, int) or self.memory_cache_entries < 0:
+        entries = self.memory_cache_entries
+        if isinstance(entries, bool) or not isinstance(entries, int) or entries < 0:
             raise CacheConfigError(
                 f"memory_cache_entries must be an int >= 0, not {self.memory_cache_entries!r}"
             )
