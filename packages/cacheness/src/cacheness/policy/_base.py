@@ -245,26 +245,32 @@ class CacheIndex(ABC):
 
     def __init__(self, generation: Generation) -> None:
         self.generation = generation
-        # The generation each thread's write transaction reached, published once it
-        # has committed (the shared SQLite index's puts commit inside the store's).
-        self._unpublished = threading.local()
+        # The generation each thread's write transaction reached, by thread, published
+        # once it has committed (the shared SQLite index's puts commit inside the
+        # store's). Most writes (new keys) reach none: publish() then only finds the
+        # dict empty. Setting and popping one key is atomic: no lock (none to be left
+        # held across a fork).
+        self._unpublished: dict[int, int] = {}
 
     def _reached(self, generation: int) -> None:
         """Note that the write transaction in progress moves the generation to this."""
-        self._unpublished.value = max(getattr(self._unpublished, "value", 0), generation)
+        me = threading.get_ident()
+        if generation > self._unpublished.get(me, 0):
+            self._unpublished[me] = generation
 
     def _forget_reached(self) -> None:
         """The write transaction rolled back: nothing of it is to be published."""
-        self._unpublished.value = 0
+        if self._unpublished:
+            self._unpublished.pop(threading.get_ident(), None)
 
     def publish(self) -> None:
         """Publish the generation this thread's committed writes reached (see the
         module docstring); the cache calls it after every write, a no-op when none
         is waiting."""
-        value = getattr(self._unpublished, "value", 0)
-        if value:
-            self._unpublished.value = 0
-            self.generation.publish(value)
+        if self._unpublished:
+            value = self._unpublished.pop(threading.get_ident(), 0)
+            if value:
+                self.generation.publish(value)
 
     @abstractmethod
     def lookup(self, key: str) -> tuple[str, float | None] | None:
