@@ -638,3 +638,25 @@ def test_a_cache_dir_blocked_by_a_file_is_a_config_error(tmp_path: Path) -> None
         with pytest.raises(CacheConfigError, match="a file stands at that path"):
             cacheness(cache_dir=where)
     assert blocker.read_bytes() == b"not a directory"  # left as it was
+
+
+def test_an_unserialisable_value_names_the_cache_key_and_stores_nothing(
+    make_cache: Callable[..., UnifiedCache],
+) -> None:
+    from cacheness import CacheSerializationError
+
+    cache = make_cache()
+    cache.put("kept", k=2)
+    deep: list[Any] = []
+    inner = deep
+    for _ in range(5000):  # deeper than pickle (and dill) can recurse
+        inner.append([])
+        inner = inner[0]
+    with pytest.raises(CacheSerializationError) as caught:
+        cache.put(deep, k=1)
+    key = cache.cache_key(k=1)
+    assert caught.value.key == key
+    assert repr(key) in str(caught.value) and "#" not in str(caught.value)
+    assert not cache.exists(k=1)
+    assert cache.get(k=2) == "kept"
+    assert cache.stats()["entries"] == 1

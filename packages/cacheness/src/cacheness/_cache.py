@@ -65,6 +65,7 @@ from cacheness.storage.errors import (
     CacheError,
     CacheIntegrityError,
     CacheKeyError,
+    CacheSerializationError,
     CacheStorageError,
 )
 
@@ -710,32 +711,33 @@ class UnifiedCache(CustomMetadataMixin):
             else:
                 done.append((row, self._put_with_custom(row, custom)))
 
-        if joined:
-            # A small value lives in its index row (one B-tree, one transaction); a
-            # larger one's store entry commits in the index row's transaction.
-            try:
+        try:
+            if joined:
+                # A small value lives in its index row (one B-tree, one transaction); a
+                # larger one's store entry commits in the index row's transaction.
                 self._store.put_record(
                     data, key=store_key, metadata=metadata, within=index_put, keep_inline=index_put
                 )
-            except BaseException:
-                self._index._forget_reached()
-                raise
-            self._index.publish()  # the store's transaction, which the index joined, committed
-        elif isinstance(self._index, SharedSqliteIndex):
-            # Store entry and index row in one transaction: both or neither.
-            try:
+            elif isinstance(self._index, SharedSqliteIndex):
+                # Store entry and index row in one transaction: both or neither.
                 self._store.put_record(data, key=store_key, metadata=metadata, within=index_put)
-            except BaseException:
-                self._index._forget_reached()
-                raise
-            self._index.publish()
-        else:
-            record = self._store.put_record(data, key=store_key, metadata=metadata)
-            try:
-                index_put(record)
-            except BaseException:
-                self._store.delete(store_key)
-                raise
+            else:
+                record = self._store.put_record(data, key=store_key, metadata=metadata)
+                try:
+                    index_put(record)
+                except BaseException:
+                    self._store.delete(store_key)
+                    raise
+        except CacheSerializationError as exc:
+            self._index._forget_reached()
+            # The store names its own key (the cache key and a random suffix).
+            raise CacheSerializationError(
+                exc.message.replace(repr(store_key), repr(key)), key=key, backend=exc.backend
+            ) from exc
+        except BaseException:
+            self._index._forget_reached()
+            raise
+        self._index.publish()  # committed, the store's transaction too (a shared index joins it)
         row, result = done[0]
         if self._tier is not None:
             if not remember:
