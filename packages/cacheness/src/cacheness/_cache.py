@@ -751,6 +751,12 @@ class UnifiedCache(CustomMetadataMixin):
                 gen_after = self._gen.read()
                 gen = gen_after if gen_after == gen_before + 1 else gen_before
                 self._tier.put(key, data, row.store_key, row.expires, gen)
+        self._after_write(key, result, row.size)
+        return key, release is not None
+
+    def _after_write(self, key: str, result: PutResult, size: int) -> None:
+        """Delete what a put or update replaced or evicted from the store (the rows went
+        in its transaction, and moved the generation: a memory tier re-checks)."""
         if result.replaced:
             self._drop_value(result.replaced)
         if result.victims:
@@ -762,10 +768,9 @@ class UnifiedCache(CustomMetadataMixin):
                 "entry %s (%d bytes) is larger than max_cache_size_mb=%s on its own; it was "
                 "kept, and every other entry was evicted",
                 key,
-                row.size,
+                size,
                 self.config.max_cache_size_mb,
             )
-        return key, release is not None
 
     def _log_eviction(self, n: int) -> None:
         cfg = self.config
@@ -823,20 +828,7 @@ class UnifiedCache(CustomMetadataMixin):
             return False
         if self._tier is not None:
             self._tier.pop(key)
-        assert result.replaced is not None
-        self._drop_value(result.replaced)
-        if result.victims:  # their rows' removal moved the generation: a tier re-checks
-            for victim in result.victims:
-                self._drop_value(victim)
-            self._log_eviction(len(result.victims))
-        if result.oversized:
-            logger.warning(
-                "entry %s (%d bytes) is larger than max_cache_size_mb=%s on its own; it was "
-                "kept, and every other entry was evicted",
-                key,
-                int(meta["size"]) if meta is not None else 0,
-                self.config.max_cache_size_mb,
-            )
+        self._after_write(key, result, int(meta["size"]) if meta is not None else 0)
         return True
 
     def touch(
