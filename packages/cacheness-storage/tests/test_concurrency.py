@@ -165,3 +165,70 @@ def test_many_processes_open_a_fresh_store_at_once(tmp_path: Path, backend: str)
         assert len(store.list(prefix="p")) == n * 15
         assert [store.get(f"same-{i}") for i in range(15)] == [{"same": i} for i in range(15)]
         assert store.verify().ok
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="os.fork is POSIX only")
+def test_a_forked_child_keeps_writing_after_its_parent_closes(tmp_path: Path) -> None:
+    """The child's own connections hold their own locks: the parent closing its store
+    (and so, as far as its locks show, being the file's last user) must not checkpoint
+    and delete the WAL the child goes on committing to."""
+    import os
+    import subprocess
+    import sys
+
+    store = BlobStore(tmp_path)
+    store.put("p", key="p0")
+    assert store.get("p0") == "p"
+    to_child_r, to_child_w = os.pipe()
+    to_parent_r, to_parent_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            store.put("q", key="q1")
+            os.write(to_parent_w, b"1")
+            os.read(to_child_r, 1)  # the parent has closed its store
+            store.put("q", key="q2")
+            store.close()
+            code = 0
+        finally:
+            os._exit(code)
+    os.read(to_parent_r, 1)
+    store.close()
+    os.write(to_child_w, b"1")
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    code = (
+        "import sys, json; from cacheness.storage import BlobStore; s = BlobStore(sys.argv[1]); "
+        "print(json.dumps({k: s.get(k) for k in ('p0', 'q1', 'q2')})); s.close()"
+    )
+    seen = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    assert json.loads(seen.stdout) == {"p0": "p", "q1": "q", "q2": "q"}
+
+
+def test_a_busy_reader_does_not_keep_the_wal_from_being_reset(tmp_path: Path) -> None:
+    """One thread reading without pause while another writes: the reader's snapshots
+    must let checkpoints reset the WAL, which would otherwise grow with every write."""
+    import os
+
+    store = BlobStore(tmp_path)
+    store.put("v", key="r")
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            assert store.get("r") == "v"
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for i in range(3000):  # ~6,000 WAL frames written in all (two pages a put)
+            store.put(b"x" * 3000 + str(i).encode(), key=f"w{i % 500}")
+    finally:
+        stop.set()
+        reader.join()
+    wal = os.path.getsize(tmp_path / "metadata.sqlite-wal")
+    store.close()
+    assert wal < 16 * 1024 * 1024, f"the WAL grew to {wal / 1e6:.1f} MB"

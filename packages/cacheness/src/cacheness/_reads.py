@@ -39,12 +39,22 @@ _NOTHING: Final[Pending] = ({}, {})
 _LOGS: weakref.WeakSet[ReadLog] = weakref.WeakSet()
 
 
+def _before_fork() -> None:
+    # No write-behind of ours is inside SQLite when the process forks: the child
+    # closes the connections it inherits, and one in use by a vanished thread would
+    # hold SQLite's lock on it for good.
+    for log in list(_LOGS):
+        writer = log._writer
+        if writer is not None and writer is not threading.current_thread():
+            writer.join(timeout=5.0)
+
+
 def _after_fork_in_child() -> None:
     for log in list(_LOGS):
         log._forget()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 
 
 class ReadLog:

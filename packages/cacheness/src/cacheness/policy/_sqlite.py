@@ -337,6 +337,12 @@ class SqliteIndex(CacheIndex):
                 raise CacheBackendError(
                     "an in-memory cache cannot be used from a forked process", backend=self.name
                 )
+            # The parent's connection closes first: SQLite keeps lock bookkeeping per
+            # process and file, and a new connection beside it would take no locks.
+            try:
+                self._conn.close()
+            except sqlite3.Error:
+                pass
             self._conn = self._connect()
         return self._conn
 

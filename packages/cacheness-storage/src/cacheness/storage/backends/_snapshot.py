@@ -23,6 +23,7 @@ import logging
 import mmap
 import os
 import sqlite3
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Final
@@ -32,7 +33,10 @@ __all__ = ["IDLE_S", "Reader", "map_header"]
 logger = logging.getLogger(__name__)
 
 IDLE_S: Final = 0.01  # a snapshot unused for one to two of these is ended
-_HEADER: Final = 48  # the first copy of the WAL-index header
+_HEADER: Final = 48  # the first copy of the WAL-index header (mxFrame at 16..20)
+# Past this many frames in the WAL (twice SQLite's automatic checkpoint), no new
+# snapshot is held until a checkpoint has reset it.
+_WAL_FRAMES_MAX: Final = 2000
 _MAX_SKIP: Final = 64
 
 
@@ -157,6 +161,11 @@ class Reader:
             # Read before the snapshot begins: a commit after this read changes the
             # header from what is kept, so the next lookup begins a newer snapshot.
             header = self.header_map[:_HEADER]
+            if int.from_bytes(header[16:20], sys.byteorder) > _WAL_FRAMES_MAX:
+                # A long WAL: a reader beginning snapshot after snapshot behind the
+                # writers' commits would keep every checkpoint from resetting it, and
+                # it would grow without end. Plain reads let one through.
+                return self.cur.execute(sql, params).fetchone()
             self.conn.execute("BEGIN")
             try:
                 row = self.cur.execute(sql, params).fetchone()
@@ -280,8 +289,10 @@ class _Reaper:
         self._held.clear()
 
     def after_fork_in_child(self) -> None:
+        global _HEADERS_LOCK
         self._lock = threading.Lock()
         self._thread = None
+        _HEADERS_LOCK = threading.Lock()  # a parent's thread may have held it at the fork
 
 
 _REAPER: Final = _Reaper()

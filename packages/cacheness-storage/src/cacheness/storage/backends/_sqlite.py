@@ -5,6 +5,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -68,13 +69,21 @@ _FILE_CHECK_S = 1.0
 MMAP_BYTES = 1024 * 1024 * 1024
 # Forks of this process so far (in the child), so connections notice a fork cheaply.
 _FORKS = [0]
+_BACKENDS: weakref.WeakSet[SqliteMetadataBackend] = weakref.WeakSet()
 
 
-def _count_fork() -> None:
+def _after_fork_in_child() -> None:
     _FORKS[0] += 1
+    # SQLite keeps its lock bookkeeping per process and per file: a connection opened
+    # in the child beside inherited ones believes the parent's locks are its own and
+    # never takes them, and the parent, closing last as far as the file's locks show,
+    # then deletes the WAL the child goes on committing to. So the inherited ones go
+    # first. (The snapshot reaper ended every read transaction before the fork.)
+    for backend in list(_BACKENDS):
+        backend._drop_inherited()
 
 
-os.register_at_fork(after_in_child=_count_fork)
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class SqliteMetadataBackend(MetadataBackend):
@@ -103,6 +112,7 @@ class SqliteMetadataBackend(MetadataBackend):
         # remembers the epoch it was opened in.
         self._epoch = 0
         self._reopen_hooks: list[Callable[[sqlite3.Connection], None]] = []
+        _BACKENDS.add(self)
         self._create(self._conn())
         self._file_id = _file_id(self.path)
         self._next_check = time.monotonic() + _FILE_CHECK_S
@@ -380,6 +390,20 @@ class SqliteMetadataBackend(MetadataBackend):
         for _thread, reader in conns:
             reader.close()
         self._local = threading.local()
+
+    def _drop_inherited(self) -> None:
+        """In a forked child: close the parent's connections (see _after_fork_in_child);
+        this process's own are opened on first use."""
+        inherited, self._all = self._all, []
+        self._all_lock = threading.Lock()
+        self._local = threading.local()
+        self._pid = os.getpid()
+        self._forks = _FORKS[0]
+        for _thread, reader in inherited:
+            try:
+                reader.close()
+            except Exception as exc:  # noqa: BLE001 - a child must start either way
+                logger.debug("closing an inherited connection to %s: %s", self.path, exc)
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:
