@@ -127,3 +127,27 @@ def test_truncated_shared_blob_is_rewritten_by_next_put(
     file_store.put(data, key="b")  # same content: must not reuse the damaged file
     assert file_store.get("a") == file_store.get("b") == data
     assert file_store.verify().ok
+
+
+def test_a_put_of_content_damaged_in_place_writes_it_again(tmp_path: Path) -> None:
+    """Stored content damaged without changing its size (bit rot) is not shared with a
+    new key: the put writes it again, which mends every key already sharing it."""
+
+    from cacheness.storage.errors import CacheIntegrityError
+
+    store = BlobStore(tmp_path)
+    value = os.urandom(100_000)
+    store.put(value, key="a")
+    path = store.blob_backend.path_for(store.metadata_backend.get("a").blob_key)
+    damaged = bytearray(path.read_bytes())
+    damaged[500] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(CacheIntegrityError):
+        store.get("a")
+    store.put(value, key="b")
+    assert store.get("b") == value
+    assert store.get("a") == value  # one blob, written whole again
+    path.write_bytes(bytes(damaged))
+    store.put_file(io.BytesIO(value), key="c")
+    assert store.open("c").read() == value
+    store.close()

@@ -80,3 +80,17 @@ def test_an_unchanged_file_keeps_its_connection(tmp_path: Path) -> None:
         conn = backend._conn()
         store.put(2, key="b")
         assert backend._conn() is conn and store.list() == ["a", "b"]
+
+
+def test_a_store_that_only_reads_follows_the_folder_made_again(tmp_path: Path) -> None:
+    """A reader that never writes still notices, within the check interval, that the
+    folder it reads was deleted and made again, and reads the new file's entries."""
+    root = tmp_path / "s"
+    with BlobStore(root) as writer, BlobStore(root) as reader:
+        writer.put("o", key="old")
+        assert reader.get("old") == "o"
+        shutil.rmtree(root)
+        writer.put("n", key="new")  # the writer makes the folder and file again
+        assert reader.get("new") == "n"
+        assert reader.get("old") is None
+        assert reader.exists("new")

@@ -157,12 +157,29 @@ def _write_hashing(
     return writer, f"{store.hash_algorithm}:{hasher.hexdigest()}"
 
 
-def _blob_intact(store: BlobStore, blob_key: str, size: int) -> bool:
-    """True when a blob of the expected size is stored (a cheap check before reusing it)."""
+#: Stored content up to this size is hashed before a put reuses it (larger content is
+#: only checked for its size: reading it would cost about what writing it again does).
+_VERIFY_REUSE_MAX = 32 * 1024 * 1024
+
+
+def _blob_intact(store: BlobStore, blob_key: str, size: int, digest: str) -> bool:
+    """True when the stored blob ``blob_key`` can be shared: of the expected size and,
+    up to ``_VERIFY_REUSE_MAX``, with the expected hash. A blob damaged in place is
+    then written again by the next put of its content, which mends every key sharing
+    it, instead of being handed to one more key."""
+    blobs = store.blob_backend
     try:
-        return store.blob_backend.size(blob_key) == size
-    except BlobNotFoundError:
+        if blobs.size(blob_key) != size:
+            return False
+        if size > _VERIFY_REUSE_MAX or not blobs.local:
+            return True
+        hasher = new_hasher(store.hash_algorithm)
+        with blobs.open_read(blob_key) as f:
+            while chunk := f.read(1024 * 1024):
+                hasher.update(chunk)
+    except (BlobNotFoundError, OSError):
         return False
+    return bool(hasher.hexdigest() == digest)
 
 
 def _commit(
@@ -193,7 +210,10 @@ def _commit(
     wrote = False
     # Reusing stored content needs it to be whole: a blob truncated behind
     # our back is rewritten rather than shared.
-    if not (store.content_addressable and _blob_intact(store, record.blob_key, record.size)):
+    digest = record.content_hash.partition(":")[2]
+    if not (
+        store.content_addressable and _blob_intact(store, record.blob_key, record.size, digest)
+    ):
         _for_key(write_blob, record.key)
         wrote = True
     try:

@@ -99,6 +99,9 @@ class BlobBackend(ABC):
     schemes: ClassVar[tuple[str, ...]] = ()
     #: True when blobs survive the process (the store verifies them on read).
     persistent: ClassVar[bool] = True
+    #: True when reading a blob back costs about a local file read: a put then hashes
+    #: the stored copy of its content before sharing it (False for object storage).
+    local: ClassVar[bool] = True
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> BlobBackend:

@@ -226,6 +226,7 @@ class S3BlobBackend(BlobBackend):
     """
 
     name: ClassVar[str] = "s3"
+    local: ClassVar[bool] = False  # a reused object is not downloaded to be hashed
     schemes: ClassVar[tuple[str, ...]] = ("s3",)
 
     def __init__(

@@ -270,14 +270,22 @@ class SqliteMetadataBackend(MetadataBackend):
         key), or None, read in this thread's held snapshot (see ``_snapshot``).
         Raises ``sqlite3.Error``."""
         reader = getattr(self._local, "reader", None)
-        if reader is None or self._forks != _FORKS[0]:
-            self._conn()  # a new, forked or reopened connection comes with its Reader
+        if reader is None or self._forks != _FORKS[0] or time.monotonic() >= self._next_check:
+            self._read_conn()  # a new, forked or reopened connection comes with its Reader
             reader = self._local.reader
         return reader.row(sql, params)
 
+    def _read_conn(self) -> sqlite3.Connection:
+        """This thread's connection for a read; once per ``_FILE_CHECK_S`` a read also
+        checks that the file is still the one at ``path`` (see ``_check_file``), or a
+        process that only reads would go on reading a deleted folder's file for good."""
+        if time.monotonic() >= self._next_check and not getattr(self._local, "depth", 0):
+            return self._check_file()
+        return self._conn()
+
     def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
         try:
-            return self._conn().execute(sql, params)
+            return self._read_conn().execute(sql, params)
         except sqlite3.Error as exc:
             raise CacheBackendError(f"{self.path}: {exc}", backend=self.name) from exc
 
