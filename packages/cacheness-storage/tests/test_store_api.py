@@ -109,6 +109,17 @@ def test_list_prefix_and_metadata_filter(store: BlobStore) -> None:
     assert store.list(metadata_filter={"n": True}) == []
 
 
+def test_list_refuses_arguments_of_the_wrong_type(store: BlobStore) -> None:
+    from cacheness.storage.errors import CacheConfigError, CacheKeyError
+
+    store.put(1, key="a")
+    with pytest.raises(CacheKeyError, match="prefix must be a str"):
+        store.list(prefix=5)  # type: ignore[arg-type]
+    with pytest.raises(CacheConfigError, match="metadata_filter must be a dict"):
+        store.list(metadata_filter=5)  # type: ignore[arg-type]
+    assert store.list() == ["a"]
+
+
 def test_get_metadata_system_fields(store: BlobStore) -> None:
     before = datetime.now(UTC)
     store.put({"payload": "x" * 5000}, key="k", metadata={"owner": "ana"})

@@ -26,7 +26,12 @@ from cacheness.storage.abc import (
     TypeHandler,
 )
 from cacheness.storage.backends._rows import EPOCH, loads_json
-from cacheness.storage.errors import CacheConfigError, CacheError, CacheIntegrityError
+from cacheness.storage.errors import (
+    CacheConfigError,
+    CacheError,
+    CacheIntegrityError,
+    CacheKeyError,
+)
 from cacheness.storage.handlers._pickle import PickleHandler
 
 __all__ = ["BlobStore"]
@@ -270,6 +275,12 @@ class BlobStore:
     ) -> list[str]:
         """Keys (sorted) starting with ``prefix`` whose user metadata equals ``metadata_filter``."""
         self._check_open()
+        if prefix is not None and not isinstance(prefix, str):
+            raise CacheKeyError(f"prefix must be a str or None, not {type(prefix).__name__}")
+        if metadata_filter is not None and not isinstance(metadata_filter, Mapping):
+            raise CacheConfigError(
+                f"metadata_filter must be a dict or None, not {type(metadata_filter).__name__}"
+            )
         return self.metadata_backend.list_keys(prefix, metadata_filter)
 
     def describe(self, record: EntryRecord) -> dict[str, Any]:
