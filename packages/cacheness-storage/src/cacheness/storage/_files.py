@@ -81,7 +81,7 @@ def _put_stream(store: BlobStore, src: BinaryIO, key: str | None, user_meta: dic
             size += len(chunk)
         digest = hasher.hexdigest()
         blob_key = digest if store.content_addressable else uuid.uuid4().hex
-        if store.content_addressable and _blob_intact(store, blob_key, size, digest):
+        if store.content_addressable and _blob_intact(store, blob_key, size):
             writer.abort()
         else:
             writer.commit(blob_key)

@@ -162,11 +162,12 @@ def _write_hashing(
 _VERIFY_REUSE_MAX = 32 * 1024 * 1024
 
 
-def _blob_intact(store: BlobStore, blob_key: str, size: int, digest: str) -> bool:
-    """True when the stored blob ``blob_key`` can be shared: of the expected size and,
-    up to ``_VERIFY_REUSE_MAX``, with the expected hash. A blob damaged in place is
-    then written again by the next put of its content, which mends every key sharing
-    it, instead of being handed to one more key."""
+def _blob_intact(store: BlobStore, blob_key: str, size: int) -> bool:
+    """True when the stored blob ``blob_key`` (a content-addressed store's: its name is
+    its hash) can be shared: of the expected size and, up to ``_VERIFY_REUSE_MAX``,
+    hashing to its name. A blob damaged in place is then written again by the next
+    put of its content, which mends every key sharing it, instead of being handed to
+    one more key."""
     blobs = store.blob_backend
     try:
         if blobs.size(blob_key) != size:
@@ -179,7 +180,7 @@ def _blob_intact(store: BlobStore, blob_key: str, size: int, digest: str) -> boo
                 hasher.update(chunk)
     except (BlobNotFoundError, OSError):
         return False
-    return bool(hasher.hexdigest() == digest)
+    return bool(hasher.hexdigest() == blob_key)
 
 
 def _commit(
@@ -210,10 +211,7 @@ def _commit(
     wrote = False
     # Reusing stored content needs it to be whole: a blob truncated behind
     # our back is rewritten rather than shared.
-    digest = record.content_hash.partition(":")[2]
-    if not (
-        store.content_addressable and _blob_intact(store, record.blob_key, record.size, digest)
-    ):
+    if not (store.content_addressable and _blob_intact(store, record.blob_key, record.size)):
         _for_key(write_blob, record.key)
         wrote = True
     try:

@@ -151,12 +151,9 @@ class SqliteMetadataBackend(MetadataBackend):
         if self._closed:
             raise CacheBackendError(f"metadata database {self.path} is closed", backend=self.name)
         if self._pid != os.getpid():
-            # A forked child must not share its parent's connections.
-            self._pid = os.getpid()
-            self._forks = _FORKS[0]
-            self._all = []
-            self._all_lock = threading.Lock()
-            self._local = threading.local()
+            # A forked child must not share its parent's connections (the fork hook
+            # dropped them already, unless the process forked without running it).
+            self._drop_inherited()
         elif conn is not None and (self._local.epoch == self._epoch or self._local.depth):
             # After a reopen (see _check_file) every call comes here: this thread's
             # connection is current, or in a transaction that must end on it.
