@@ -148,10 +148,16 @@ def test_removing_or_replacing_an_entry_drops_its_waiting_reads(
         elif how == "clear-prefix":
             assert cache._delete_prefix(a[:6]) == 1
         else:
+            clock.advance(3)
             cache.put("a2", item="a")
             assert cache.get_metadata(item="a")["hits"] == 0  # a new value, not yet read
         _rows, waiting = _file(tmp_path)  # and no orphans
-        assert a not in waiting
+        if how == "overwrite":
+            # The new value's access time waits beside the row (which keeps its place
+            # in the table) until eviction needs it; its reads are gone.
+            assert waiting[a] == (0, clock.now)
+        else:
+            assert a not in waiting
         if how != "clear":
             assert cache.get_metadata(item="b")["hits"] == 1
 
@@ -170,3 +176,96 @@ def test_cleanup_expired_drops_reads_left_for_rows_that_are_gone(
             assert conn.execute("SELECT count(*) FROM cache_access").fetchone()[0] == 1
         cache.cleanup_expired()
         _file(tmp_path)  # asserts no orphans
+
+
+def _table_order(root: Path) -> tuple[list[float], set[str]]:
+    """(The rows' access times in rowid order, the names of cache_entries' indexes)."""
+    with closing(sqlite3.connect(root / "metadata.sqlite")) as conn:
+        times = [r[0] for r in conn.execute("SELECT accessed FROM cache_entries ORDER BY rowid")]
+        names = {
+            r[0]
+            for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'cache_entries'"
+            )
+        }
+    return times, names
+
+
+def test_lru_counts_overwrites_and_touches_as_accesses_without_an_index(
+    tmp_path: Path, clock: Clock
+) -> None:
+    with _open(tmp_path, clock, max_entries=3) as cache:
+        for name in "abc":
+            cache.put(name, item=name)
+            clock.advance(10)
+        cache.put("a2", item="a")  # an overwrite is an access
+        clock.advance(10)
+        cache.put("d", item="d")
+        assert _items(cache) == {"a", "c", "d"}
+        assert cache.touch(item="c", ttl_seconds=3600)  # and so is a touch
+        clock.advance(10)
+        cache.put("e", item="e")
+        assert _items(cache) == {"c", "d", "e"}
+        assert cache.get(item="c") == "c"
+        times, names = _table_order(tmp_path)
+        assert times == sorted(times)  # the table is in LRU order
+        assert not any(n.endswith("_lru") for n in names)
+
+
+def test_entries_of_one_instant_keep_the_order_they_were_written_and_read(
+    tmp_path: Path, clock: Clock
+) -> None:
+    # A clock that stands still: every entry has the same access time and rowids
+    # can't come from it; the order is then the order of puts and reads.
+    with _open(tmp_path, clock, max_entries=3) as cache:
+        for name in "abc":
+            cache.put(name, item=name)
+        cache.get(item="a")
+        cache.stats()
+        cache.put("d", item="d")
+        assert _items(cache) == {"a", "c", "d"}  # b: a was read after it
+        cache.put("e", item="e")
+        assert _items(cache) == {"a", "d", "e"}
+        assert [cache.get(item=n) for n in "ade"] == ["a", "d", "e"]
+
+
+def test_an_index_whose_rowids_are_not_in_access_order_is_rebuilt_on_open(
+    tmp_path: Path, clock: Clock
+) -> None:
+    with _open(tmp_path, clock) as cache:
+        keys = {}
+        for name in "abcd":
+            keys[name] = cache.put(name, item=name, ttl_seconds=3600 if name == "b" else None)
+            clock.advance(10)
+        cache.get(item="a")  # a: read last, at t0 + 40
+        cache.stats()
+    # As an earlier version left it: rowids in the reverse order of access, an
+    # index on accessed, no rowid_order marker, a's read waiting beside its row.
+    with closing(sqlite3.connect(tmp_path / "metadata.sqlite")) as conn:
+        conn.executescript(
+            """
+            UPDATE cache_entries SET rowid = -rowid;
+            UPDATE cache_access SET kid = -kid;
+            CREATE INDEX cache_entries_lru ON cache_entries (accessed, key);
+            ALTER TABLE cache_state DROP COLUMN rowid_order;
+            CREATE TABLE side (key TEXT);
+            CREATE TRIGGER side_cleanup AFTER DELETE ON cache_entries
+                BEGIN DELETE FROM side WHERE key = OLD.key; END;
+            """
+        )
+        conn.executemany("INSERT INTO side VALUES (?)", [(k,) for k in keys.values()])
+        conn.commit()
+        assert _table_order(tmp_path)[0] != sorted(_table_order(tmp_path)[0])
+    with _open(tmp_path, clock, max_entries=4) as cache:
+        times, names = _table_order(tmp_path)
+        assert times == sorted(times)
+        assert "cache_entries_lru" not in names and "cache_entries_expires" in names
+        rows, waiting = _file(tmp_path)
+        assert waiting == {} and rows[keys["a"]][0] == 1  # a's read moved into its row
+        assert cache.get_metadata(item="a")["hits"] == 1
+        assert cache.get_metadata(item="b")["expires_at"] is not None
+        cache.put("e", item="e")  # evicts b, the least recently used
+        assert _items(cache) == {"a", "c", "d", "e"}
+    with closing(sqlite3.connect(tmp_path / "metadata.sqlite")) as conn:
+        left = {r[0] for r in conn.execute("SELECT key FROM side")}
+        assert left == {keys[n] for n in "acd"}  # the trigger was carried over

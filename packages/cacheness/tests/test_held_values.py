@@ -184,7 +184,8 @@ def test_an_index_table_of_the_old_layout_is_rebuilt(tmp_path: Path) -> None:
         assert "WITHOUT ROWID" not in sql and "value BLOB" in sql
         assert {r[0] for r in conn.execute("SELECT key FROM side")} == set(keys[1:])
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
-        assert {"cache_entries_expires", "cache_entries_lru", "side_cleanup"} <= names
+        assert {"cache_entries_expires", "side_cleanup"} <= names
+        assert "cache_entries_lru" not in names  # the rowid is the LRU order now
         after = conn.execute(
             "SELECT key, store_key, content_hash, size, created, accessed, hits, expires, "
             "key_params, description, metadata FROM cache_entries WHERE key IN (?, ?)",

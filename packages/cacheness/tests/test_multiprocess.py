@@ -161,7 +161,7 @@ def test_clear_racing_puts_never_leaves_an_entry_without_its_value(
     ctx = multiprocessing.get_context("fork")
     for attempt in range(3):  # the race is won only some of the time
         cache_dir = tmp_path / str(attempt)
-        done = ctx.Value("b", 0, lock=False)
+        done = ctx.Value("i", 0, lock=False)  # "b" (a signed char) wrapped past 127
         writer = ctx.Process(target=_put_rounds, args=(str(cache_dir), backend, n, done))
         with cacheness(cache_dir=cache_dir, metadata_backend=backend, max_cache_size_mb=None) as a:
             writer.start()

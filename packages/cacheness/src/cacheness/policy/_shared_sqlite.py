@@ -12,12 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from cacheness.policy._base import (
-    POLICY_ORDER,
-    CacheIndex,
-    Generation,
-)
-from cacheness.policy._sqlite import _HELD_COLS, SqliteIndex, _create_schema
+from cacheness.policy._base import CacheIndex, Generation
+from cacheness.policy._sqlite import _HELD_COLS, SqliteIndex, _create_schema, _order_by
 from cacheness.storage.abc import EntryRecord
 from cacheness.storage.backends._rows import (
     LOAD_COLUMNS,
@@ -94,7 +90,7 @@ class SharedSqliteIndex(SqliteIndex):
         self.path = backend.path
         self._backend = backend
         self._policy = policy
-        self._order = ", ".join(f"e.{c}" for c in POLICY_ORDER[policy])
+        self._order = _order_by(policy)
         self._closed = False
         self._pid = os.getpid()
         self._lock = threading.RLock()  # unused: connections are per thread

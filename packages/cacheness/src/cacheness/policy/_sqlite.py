@@ -85,7 +85,8 @@ CREATE TABLE IF NOT EXISTS cache_state (
     evictions INTEGER NOT NULL DEFAULT 0,
     expired INTEGER NOT NULL DEFAULT 0,
     entries INTEGER NOT NULL DEFAULT 0,
-    size_bytes INTEGER NOT NULL DEFAULT 0
+    size_bytes INTEGER NOT NULL DEFAULT 0,
+    rowid_order INTEGER NOT NULL DEFAULT 1
 );
 INSERT OR IGNORE INTO cache_state (id) VALUES (1);
 CREATE TABLE IF NOT EXISTS cache_access (
@@ -119,6 +120,34 @@ _ROW_SELECT = (
     "e.expires, e.key_params, e.description, e.metadata "
     "FROM cache_entries AS e LEFT JOIN cache_access AS a ON a.kid = e.rowid"
 )
+# LRU order is rowid order: a row's rowid is its ``accessed`` time in microseconds
+# (_rowid_at), so the table itself is the LRU index. An index on ``accessed`` cost
+# every put an index page (~4.5 µs of a 1 KB put here). The rowid changes only with
+# ``accessed``: at insert, and when eviction moves an entry's reads into its row
+# (_move_reads). An overwrite, a touch or a replaced value keeps both and records
+# its access time in cache_access, as a read does. ``cache_state.rowid_order``
+# marks a file whose rows follow this rule; an older one is rebuilt on open.
+_ROWID_LIMIT = 9.2e12  # seconds whose microseconds still fit a 64-bit rowid
+
+
+def _rowid_at(t: float) -> int | None:
+    """The rowid of a row accessed at ``t``; None (SQLite's next rowid) for a time
+    no rowid can hold."""
+    return int(t * 1_000_000) if -_ROWID_LIMIT < t < _ROWID_LIMIT else None
+
+
+def _order_by(policy: str) -> str:
+    """The ``ORDER BY`` of eviction candidates (``e`` is cache_entries)."""
+    if policy == "lru":
+        return "e.rowid"
+    return ", ".join(f"e.{c}" for c in POLICY_ORDER[policy])
+
+
+def _taken(exc: sqlite3.IntegrityError) -> bool:
+    """Whether ``exc`` is a rowid conflict (two rows accessed in one microsecond)."""
+    return exc.sqlite_errorname == "SQLITE_CONSTRAINT_ROWID"
+
+
 _LOCK_RETRIES = 50
 # Batches of reads from this many keys go through a temporary table and one
 # statement, fewer with one statement per key.
@@ -141,15 +170,20 @@ _APPLY_READ = (
     "WHERE key = ?" + _ADD_ACCESS
 )
 _DROP_ACCESS = "DELETE FROM cache_access WHERE kid = ?"
+# An overwrite's new value has no reads yet, and was accessed now.
+_RESET_ACCESS = "INSERT OR REPLACE INTO cache_access (kid, hits, accessed) VALUES (?, 0, ?)"
 _OLD_VALUE = "SELECT store_key, content_hash, size, rowid FROM cache_entries WHERE key = ?"
 _STATE = "SELECT generation, entries, size_bytes FROM cache_state WHERE id = 1"
 _INSERT_ROW = (
-    f"INSERT INTO cache_entries ({_ROW_COLS}, {_HELD_COLS}) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO cache_entries (rowid, {_ROW_COLS}, {_HELD_COLS}) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# Every column but the key and ``accessed``, which stays the rowid's (see _rowid_at);
+# the overwrite's access time waits in cache_access (_RESET_ACCESS).
+_OVERWRITE_COLS = [c for c in f"{_ROW_COLS}, {_HELD_COLS}".split(", ")[1:] if c != "accessed"]
 _OVERWRITE_ROW = (
     "UPDATE cache_entries SET "
-    + ", ".join(f"{col} = ?" for col in f"{_ROW_COLS}, {_HELD_COLS}".split(", ")[1:])
+    + ", ".join(f"{col} = ?" for col in _OVERWRITE_COLS)
     + " WHERE key = ?"
 )
 _NOT_HELD = (None,) * 7
@@ -160,17 +194,22 @@ _OLD_LAYOUT = (
 )
 
 
+_UNORDERED = "SELECT count(*) = 0 FROM pragma_table_info('cache_state') WHERE name = 'rowid_order'"
+
+
 def _create_schema(conn: sqlite3.Connection, policy: str, write: Any) -> None:
     """Create the index tables (every statement idempotent, so processes opening one
-    file at once agree), first rebuilding a ``cache_entries`` made WITHOUT ROWID by
-    an older version. ``write(conn)`` is a write-transaction context manager."""
-    if conn.execute(_OLD_LAYOUT).fetchone()[0]:
+    file at once agree), first rebuilding a ``cache_entries`` of an older layout
+    (made WITHOUT ROWID, or with rowids not in access order). ``write(conn)`` is a
+    write-transaction context manager."""
+    conn.executescript(_SCHEMA)
+    if conn.execute(_OLD_LAYOUT).fetchone()[0] or conn.execute(_UNORDERED).fetchone()[0]:
         with write(conn):
             _rebuild_entries(conn)
-    conn.executescript(_SCHEMA)
     _twin_update_triggers(conn)
-    cols = ", ".join(POLICY_ORDER[policy])
-    conn.execute(f"CREATE INDEX IF NOT EXISTS cache_entries_{policy} ON cache_entries ({cols})")
+    if policy != "lru":  # LRU order is the rowid's
+        cols = ", ".join(POLICY_ORDER[policy])
+        conn.execute(f"CREATE INDEX IF NOT EXISTS cache_entries_{policy} ON cache_entries ({cols})")
 
 
 _CUSTOM_INSERT = "cacheness_insert_"
@@ -207,25 +246,46 @@ def _twin_update_triggers(conn: sqlite3.Connection) -> None:
 
 
 def _rebuild_entries(conn: sqlite3.Connection) -> None:
-    """Copy a WITHOUT ROWID ``cache_entries`` into the current layout, in the caller's
-    transaction; its triggers (custom metadata) are re-created on the new table."""
-    if not conn.execute(_OLD_LAYOUT).fetchone()[0]:
+    """Copy ``cache_entries`` into the current layout, rowids in access order (see
+    ``_rowid_at``), in the caller's transaction. The reads waiting in cache_access go
+    into the rows first; the table's triggers (custom metadata) and indexes are made
+    again on the copy, but for the LRU index the rowid now replaces."""
+    without_rowid = conn.execute(_OLD_LAYOUT).fetchone()[0]
+    if not without_rowid and not conn.execute(_UNORDERED).fetchone()[0]:
         return  # another process rebuilt it while this one waited for the lock
-    triggers = [
+    kept = [
         r[0]
         for r in conn.execute(
-            "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'cache_entries'"
+            "SELECT sql FROM sqlite_master WHERE tbl_name = 'cache_entries' "
+            "AND type IN ('trigger', 'index') AND sql IS NOT NULL "
+            "AND name != 'cache_entries_lru' ORDER BY type = 'trigger'"
         )
     ]
+    if without_rowid:
+        cols = _ROW_COLS  # that layout held no values
+    else:
+        cols = f"{_ROW_COLS}, {_HELD_COLS}"
+        conn.execute(
+            "UPDATE cache_entries SET "
+            "hits = hits + (SELECT a.hits FROM cache_access AS a WHERE a.kid = cache_entries.rowid), "
+            "accessed = max(accessed, "
+            "(SELECT a.accessed FROM cache_access AS a WHERE a.kid = cache_entries.rowid)) "
+            "WHERE rowid IN (SELECT kid FROM cache_access)"
+        )
+    conn.execute("DELETE FROM cache_access")
     conn.execute("DROP TABLE IF EXISTS cache_entries_rebuild")
     conn.execute(_ENTRIES_TABLE.format(name="cache_entries_rebuild"))
+    # Ranks, not times: every entry here was accessed before any put after this one.
     conn.execute(
-        f"INSERT INTO cache_entries_rebuild ({_ROW_COLS}) SELECT {_ROW_COLS} FROM cache_entries"
+        f"INSERT INTO cache_entries_rebuild (rowid, {cols}) "
+        f"SELECT row_number() OVER (ORDER BY accessed, key), {cols} FROM cache_entries"
     )
     conn.execute("DROP TABLE cache_entries")  # and its indexes and triggers
     conn.execute("ALTER TABLE cache_entries_rebuild RENAME TO cache_entries")
-    for sql in triggers:
+    for sql in kept:
         conn.execute(sql)
+    if conn.execute(_UNORDERED).fetchone()[0]:
+        conn.execute("ALTER TABLE cache_state ADD COLUMN rowid_order INTEGER NOT NULL DEFAULT 1")
     logger.info("rebuilt the cache index table cache_entries in the current layout")
 
 
@@ -307,7 +367,7 @@ class SqliteIndex(CacheIndex):
         self._closed = False
         self._policy = policy
         self._conn = self._connect()
-        self._order = ", ".join(f"e.{c}" for c in POLICY_ORDER[policy])
+        self._order = _order_by(policy)
 
     def _connect(self) -> sqlite3.Connection:
         target = ":memory:" if self.path is None else str(self.path)
@@ -521,6 +581,7 @@ class SqliteIndex(CacheIndex):
         # The store keeps inline values per entry (no sharing): each counts alone.
         content_hash = "" if row.inline else row.content_hash
         values = (
+            _rowid_at(row.accessed),
             row.key,
             row.store_key,
             content_hash,
@@ -542,12 +603,22 @@ class SqliteIndex(CacheIndex):
             try:
                 # A new key (the usual put) needs no look at the old row first.
                 conn.execute(_INSERT_ROW, values)
-            except sqlite3.IntegrityError:
-                old = conn.execute(_OLD_VALUE, (row.key,)).fetchone()
-                # In place, not INSERT OR REPLACE: the row keeps its rowid, so neither the
-                # key index nor the table's last page is rewritten (~19 µs of an overwrite).
-                conn.execute(_OVERWRITE_ROW, (*values[1:], row.key))
-                conn.execute(_DROP_ACCESS, (old[3],))  # the new value has no reads yet
+            except sqlite3.IntegrityError as exc:
+                try:
+                    if not _taken(exc):
+                        raise
+                    # Another entry has this microsecond: SQLite's next rowid instead.
+                    conn.execute(_INSERT_ROW, (None, *values[1:]))
+                except sqlite3.IntegrityError:
+                    old = conn.execute(_OLD_VALUE, (row.key,)).fetchone()
+                    # In place, not INSERT OR REPLACE: the row keeps its rowid, so neither
+                    # the key index nor the table's last page is rewritten (~19 µs of an
+                    # overwrite).
+                    conn.execute(
+                        _OVERWRITE_ROW,
+                        (*values[2:6], *values[7:], row.key),
+                    )
+                    conn.execute(_RESET_ACCESS, (old[3], row.accessed))
             d_entries, d_size = 1, 0
             if old is not None:
                 d_entries = 0
@@ -588,7 +659,7 @@ class SqliteIndex(CacheIndex):
         # candidate (reads only move an entry later), so one without reads is the
         # policy's victim. FIFO orders by creation, which reads never change.
         select = (
-            "SELECT e.rowid, e.store_key, e.content_hash, e.size, a.hits, a.accessed "
+            "SELECT e.rowid, e.store_key, e.content_hash, e.size, a.hits, a.accessed, e.accessed "
             "FROM cache_entries AS e LEFT JOIN cache_access AS a ON a.kid = e.rowid "
             f"WHERE e.key != ? ORDER BY {self._order} LIMIT ?"
         )
@@ -598,7 +669,7 @@ class SqliteIndex(CacheIndex):
             if not batch:
                 result.oversized = over_b > 0
                 break
-            for i, (rowid, store_key, content_hash, size, hits, _at) in enumerate(batch):
+            for i, (rowid, store_key, content_hash, size, hits, *_) in enumerate(batch):
                 if over_n <= 0 and over_b <= 0:
                     break
                 if hits is not None:
@@ -624,12 +695,29 @@ class SqliteIndex(CacheIndex):
             result.generation = int(gen)
 
     def _move_reads(self, conn: sqlite3.Connection, rows: list[Any]) -> None:
-        """Add the reads waiting in cache_access to these ``_evict`` candidates' rows."""
-        conn.executemany(
-            "UPDATE cache_entries SET hits = hits + ?, accessed = max(accessed, ?) WHERE rowid = ?",
-            [(r[4], r[5], r[0]) for r in rows],
-        )
+        """Add the reads waiting in cache_access to these ``_evict`` candidates' rows
+        (``(rowid, ..., hits, accessed, row's accessed)``); each row's rowid follows
+        its new access time (see ``_rowid_at``)."""
         conn.executemany(_DROP_ACCESS, [(r[0],) for r in rows])
+        for rowid, *_, hits, at, row_at in rows:
+            at = max(at, row_at)
+            target = _rowid_at(at)
+            if target is not None and target <= rowid:
+                target = rowid + 1  # read in the microsecond it was put: after its peers
+            for attempt in range(8):
+                try:
+                    conn.execute(
+                        "UPDATE cache_entries SET rowid = coalesce(?, "
+                        "(SELECT max(rowid) FROM cache_entries) + 1), hits = hits + ?, "
+                        "accessed = ? WHERE rowid = ?",
+                        (target, hits, at, rowid),
+                    )
+                    break
+                except sqlite3.IntegrityError as exc:
+                    if not _taken(exc):
+                        raise
+                    # The next microsecond, then (an unusual clock) the last place.
+                    target = None if target is None or attempt > 5 else target + 1
 
     def replace_value(
         self,
@@ -642,20 +730,19 @@ class SqliteIndex(CacheIndex):
         take_pending: Callable[[], Pending],
     ) -> PutResult | None:
         with self._txn() as conn:
-            old = conn.execute(
-                "SELECT store_key, content_hash, size FROM cache_entries WHERE key = ?", (key,)
-            ).fetchone()
+            old = conn.execute(_OLD_VALUE, (key,)).fetchone()
             if old is None:
                 return None
             d_size = self._add_content(conn, content_hash, size)
             d_size -= self._drop_content(conn, old[1], old[2])
             conn.execute(
                 "UPDATE cache_entries SET store_key = ?, content_hash = ?, size = ?, "
-                "accessed = ?, value_type = NULL, value_handler = NULL, value_codec = NULL, "
+                "value_type = NULL, value_handler = NULL, value_codec = NULL, "
                 "value_hash = NULL, value_created_us = NULL, value_info = NULL, value = NULL "
-                "WHERE key = ?",
-                (store_key, content_hash, size, now, key),
+                "WHERE rowid = ?",
+                (store_key, content_hash, size, old[3]),
             )
+            conn.execute(_APPLY_READ, (0, now, key))  # accessed now, as by a read
             entries, total, gen = self._bump(conn, 0, d_size)
             result = PutResult(str(old[0]), [], False, gen)
             self._evict(conn, key, limits, result, entries, total, take_pending)
@@ -680,10 +767,10 @@ class SqliteIndex(CacheIndex):
     def touch(self, key: str, expires: float | None, now: float) -> bool:
         with self._txn() as conn:
             n = conn.execute(
-                "UPDATE cache_entries SET expires = ?, accessed = max(accessed, ?) WHERE key = ?",
-                (expires, now, key),
+                "UPDATE cache_entries SET expires = ? WHERE key = ?", (expires, key)
             ).rowcount
             if n:
+                conn.execute(_APPLY_READ, (0, now, key))  # accessed now, as by a read
                 self._bump(conn)
             return bool(n)
 
