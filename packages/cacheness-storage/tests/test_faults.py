@@ -262,3 +262,95 @@ def test_short_lived_threads_do_not_pile_up_connections(tmp_path: Path) -> None:
             t.join()
         assert proc.num_fds() <= fds_before + 6
         assert store.get("k") == 1
+
+
+# ----------------------------------------------- gc() between a put_file's blob and row
+
+
+def _gc_before_the_commit(store: BlobStore, when: Any = None) -> list[int]:
+    """Run ``store.gc()`` (or ``when()``) once, right before the next write lock
+    is taken: the moment a put_file has published its blob and not yet its row."""
+    backend = store.metadata_backend
+    real = backend.write_lock
+    ran: list[int] = []
+
+    def write_lock() -> Any:
+        if not ran:
+            ran.append(1)
+            backend.write_lock = real  # type: ignore[method-assign]
+            store.gc() if when is None else when()
+        return real()
+
+    backend.write_lock = write_lock  # type: ignore[method-assign]
+    return ran
+
+
+def test_put_file_survives_gc_freeing_its_blob_before_the_row(tmp_path: Path) -> None:
+    src = tmp_path / "src.bin"
+    content = os.urandom(300_000)
+    src.write_bytes(content)
+    with BlobStore(tmp_path / "s") as store:
+        ran = _gc_before_the_commit(store)
+        key = store.put_file(src, key="data")
+        assert ran  # the gc ran in the gap, and freed the blob: the source was read again
+        with store.open(key) as f:
+            assert f.read() == content
+        assert store.verify().ok
+
+
+def test_put_file_from_a_pipe_says_so_when_gc_freed_its_blob(tmp_path: Path) -> None:
+    content = os.urandom(300_000)
+    with BlobStore(tmp_path / "s") as store:
+        store.put(b"kept", key="old")
+        r, w = os.pipe()
+        threading.Thread(target=lambda: (os.write(w, content), os.close(w)), daemon=True).start()
+        _gc_before_the_commit(store)
+        with open(r, "rb") as pipe, pytest.raises(CacheStorageError, match="not seekable"):
+            store.put_file(pipe, key="data")
+        assert store.list() == ["old"] and store.get("old") == b"kept"
+        assert store.verify().ok and store.gc() == 0  # nothing left behind
+
+
+def test_put_file_refuses_a_source_that_changed_when_read_again(tmp_path: Path) -> None:
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(300_000))
+    with BlobStore(tmp_path / "s") as store:
+
+        def gc_then_change() -> None:
+            store.gc()
+            src.write_bytes(os.urandom(300_000))
+
+        _gc_before_the_commit(store, gc_then_change)
+        with pytest.raises(CacheStorageError, match="changed while it was being stored"):
+            store.put_file(src, key="data")
+        assert store.list() == [] and store.verify().ok and store.gc() == 0
+
+
+def test_a_damaged_array_shape_is_refused_before_it_allocates(tmp_path: Path) -> None:
+    import json
+    import struct
+    import tracemalloc
+
+    import numpy as np
+
+    arr = np.arange(1_000_000, dtype=np.float64)  # 8 MB: read in a stream, hashed at the end
+    with BlobStore(tmp_path, compression="none") as store:
+        store.put(arr, key="a")
+        path = store.blob_backend.path_for(store.metadata_backend.get("a").blob_key)
+        blob = path.read_bytes()
+        (hlen,) = struct.unpack("<I", blob[4:8])
+        header = json.loads(blob[8 : 8 + hlen])
+        header["meta"]["shape"] = [200_000_000]  # 1.6 GB, bytes and hash unchanged
+        new = json.dumps(header).encode()
+        body = blob[8 + hlen + (-(8 + hlen) % 64) :]
+        path.write_bytes(
+            blob[:4] + struct.pack("<I", len(new)) + new + b"\0" * (-(8 + len(new)) % 64) + body
+        )
+        tracemalloc.start()
+        try:
+            with pytest.raises(CacheIntegrityError, match="shape"):
+                store.get("a")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 50_000_000  # the 1.6 GB array was never allocated

@@ -15,7 +15,7 @@ from cacheness.storage._hashing import HashingReader, hash_chunks, new_hasher, s
 from cacheness.storage._loading import _STREAM_CHUNK, _check_hash, _check_signature, _check_size
 from cacheness.storage._validation import _check_key, _check_metadata
 from cacheness.storage._writing import _aborting, _blob_intact, _commit
-from cacheness.storage.abc import EntryRecord
+from cacheness.storage.abc import BlobWriter, EntryRecord
 from cacheness.storage.errors import (
     BlobNotFoundError,
     CacheIntegrityError,
@@ -59,27 +59,10 @@ def put_file(
 
 
 def _put_stream(store: BlobStore, src: BinaryIO, key: str | None, user_meta: dict[str, Any]) -> str:
-    hasher = new_hasher(store.hash_algorithm)
-    size = 0
+    start = _start_of(src)
     writer = store.blob_backend.writer()
     with _aborting(writer, key):
-        while True:
-            try:
-                chunk = src.read(_STREAM_CHUNK)
-            except OSError as exc:
-                raise CacheStorageError(
-                    f"reading the source file for {key!r} failed: {exc}", key=key
-                ) from exc
-            if not chunk:
-                break
-            if isinstance(chunk, str):
-                raise CacheSerializationError(
-                    "put_file needs a binary file (opened with 'rb'), got text", key=key
-                )
-            hasher.update(chunk)
-            writer.write(chunk)
-            size += len(chunk)
-        digest = hasher.hexdigest()
+        digest, size = _stream(store, src, writer, key)
         blob_key = digest if store.content_addressable else uuid.uuid4().hex
         if store.content_addressable and _blob_intact(store, blob_key, size):
             writer.abort()
@@ -101,16 +84,67 @@ def _put_stream(store: BlobStore, src: BinaryIO, key: str | None, user_meta: dic
     )
 
     def rewrite() -> None:
-        # Only reached when a concurrent delete freed the blob we just
-        # streamed; the source may not be re-readable, so say so.
-        raise CacheStorageError(
-            f"the content of {key!r} was removed by a concurrent delete or gc() while it "
-            "was being stored; put the file again",
-            key=key,
-        )
+        # Only reached, under the store's write lock, when a concurrent delete or gc()
+        # freed the blob just streamed (before its entry committed): the source is
+        # read again from where it started, if it can be.
+        if start is None:
+            raise CacheStorageError(
+                f"the content of {key!r} was removed by a concurrent delete or gc() while "
+                "it was being stored, and the source cannot be read again (not seekable); "
+                "put the file again",
+                key=key,
+            )
+        try:
+            src.seek(start)
+        except OSError as exc:
+            raise CacheStorageError(
+                f"cannot read the source file of {key!r} again: {exc}", key=key
+            ) from exc
+        again = store.blob_backend.writer()
+        with _aborting(again, key):
+            if _stream(store, src, again, key) != (digest, size):
+                raise CacheStorageError(
+                    f"the source file of {key!r} changed while it was being stored; "
+                    "nothing was stored",
+                    key=key,
+                )
+            again.commit(blob_key)
 
     _commit(store, record, rewrite)
     return key
+
+
+def _start_of(src: BinaryIO) -> int | None:
+    """Where a seekable ``src`` is now (to read it again from there), else None."""
+    try:
+        return src.tell() if src.seekable() else None
+    except (OSError, AttributeError, ValueError):
+        return None
+
+
+def _stream(
+    store: BlobStore, src: BinaryIO, writer: BlobWriter, key: str | None
+) -> tuple[str, int]:
+    """Copy ``src`` to ``writer``; the content's hex digest and size."""
+    hasher = new_hasher(store.hash_algorithm)
+    size = 0
+    while True:
+        try:
+            chunk = src.read(_STREAM_CHUNK)
+        except OSError as exc:
+            raise CacheStorageError(
+                f"reading the source file for {key!r} failed: {exc}", key=key
+            ) from exc
+        if not chunk:
+            break
+        if isinstance(chunk, str):
+            raise CacheSerializationError(
+                "put_file needs a binary file (opened with 'rb'), got text", key=key
+            )
+        hasher.update(chunk)
+        writer.write(chunk)
+        size += len(chunk)
+    return hasher.hexdigest(), size
 
 
 def open_entry(store: BlobStore, key: str) -> BinaryIO:

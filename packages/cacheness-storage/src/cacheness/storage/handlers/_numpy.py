@@ -17,6 +17,7 @@ store falls back to the pickle handler for them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, BinaryIO, ClassVar
 
@@ -116,6 +117,12 @@ class NumpyHandler(TypeHandler):
 
         frame = FrameReader(reader, codec)
         meta = frame.meta
-        arr = np.empty(tuple(meta["shape"]), dtype=decode_dtype(meta["dtype"]), order=meta["order"])
+        shape = tuple(int(n) for n in meta["shape"])
+        dtype = decode_dtype(meta["dtype"])
+        # Before allocating: a large blob's hash is only known at its end, and a
+        # damaged shape must not allocate (or fail to allocate) a huge array first.
+        if len(frame) != 1 or math.prod(shape) * dtype.itemsize != frame.raw_size(0):
+            raise ValueError("the array's shape does not match its bytes; the blob is corrupt")
+        arr = np.empty(shape, dtype=dtype, order=meta["order"])
         frame.read(_byte_view(arr, meta["order"]))
         return arr
