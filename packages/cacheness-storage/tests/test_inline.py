@@ -194,3 +194,30 @@ def test_open_on_a_numpy_entry_says_to_use_get(store: BlobStore) -> None:
     store.put(np.arange(10), key="a")
     with pytest.raises(CacheSerializationError, match="Use get"):
         store.open("a")
+
+
+def test_repair_keeps_a_value_put_again_after_the_check(file_store: BlobStore) -> None:
+    """verify(repair=True) finds k corrupt; before it drops k, another writer puts k
+    again (held in its row, as the damaged value was): the new value stays."""
+    file_store.put(SMALL, key="k")
+    _, inline = _inline_row(file_store.root, "k")
+    assert inline is not None
+    with sqlite3.connect(file_store.root / "metadata.sqlite") as conn:
+        conn.execute(
+            "UPDATE entries SET inline_value = ? WHERE key = ?",
+            (bytes([inline[0] ^ 1]) + inline[1:], "k"),
+        )
+    conn.close()
+    backend = file_store.metadata_backend
+    real = backend.write_lock
+
+    def write_lock() -> object:  # the repair's lock: the other writer goes first
+        backend.write_lock = real  # type: ignore[method-assign]
+        file_store.put({"new": 1}, key="k")
+        return real()
+
+    backend.write_lock = write_lock  # type: ignore[method-assign]
+    report = file_store.verify(repair=True)
+    assert report.corrupt == ["k"] and report.repaired == []
+    assert file_store.get("k") == {"new": 1}
+    assert file_store.verify().ok

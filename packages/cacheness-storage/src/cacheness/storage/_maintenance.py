@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cacheness.storage._hashing import HashingReader, hash_chunks, split_hash
 from cacheness.storage._validation import _check_key
@@ -71,8 +71,7 @@ def verify(store: BlobStore, key: str | None, repair: bool) -> VerifyReport:
                 problem = report.missing
         if problem is not None:
             problem.append(record.key)
-            if repair:
-                _drop_entry(store, record)
+            if repair and _drop_entry(store, record):
                 report.repaired.append(record.key)
     if key is None:
         referenced = store.metadata_backend.blob_keys()
@@ -94,14 +93,23 @@ def verify(store: BlobStore, key: str | None, repair: bool) -> VerifyReport:
     return report
 
 
-def _drop_entry(store: BlobStore, record: EntryRecord) -> None:
+def _drop_entry(store: BlobStore, record: EntryRecord) -> bool:
+    """Delete the entry ``record`` was read from, unless it was put again since;
+    whether it was deleted."""
     with store.metadata_backend.write_lock():
         current = store.metadata_backend.get(record.key)
-        if current is None or current.blob_key != record.blob_key:
-            return  # replaced since it was checked: the new entry is not ours to drop
+        if current is None or _identity(current) != _identity(record):
+            return False  # replaced since it was checked: the new entry is not ours to drop
         store.metadata_backend.delete(record.key)
     logger.warning("verify(repair=True) removed entry %r", record.key)
     _release(store, record.blob_key)
+    return True
+
+
+def _identity(record: EntryRecord) -> tuple[Any, ...]:
+    # Not the blob key alone: every value held in its row has blob_key "", and a
+    # put of the same content again names the same blob.
+    return (record.blob_key, record.content_hash, record.created_at, record.inline)
 
 
 def _free_orphan(store: BlobStore, blob_key: str) -> int | None:
