@@ -16,6 +16,7 @@ class Counter:
     def __init__(self) -> None:
         self.n = 0
         self.lock = threading.Lock()
+        self.label: object = None
 
     def __call__(self) -> int:
         with self.lock:

@@ -322,10 +322,14 @@ def test_key_prefix_replaces_the_identity(sqlite_cache: UnifiedCache, runs: Coun
 
 
 def _versioned(cache: UnifiedCache, runs: Counter, version: Any) -> Any:
+    # The body reads the version off ``runs``, which cannot be keyed: a closure over
+    # ``version`` itself would make each version a function of its own.
+    runs.label = version
+
     @cached(cache_instance=cache, version=version)
     def model(x: int) -> str:
         runs()
-        return f"v{version}:{x}"
+        return f"v{runs.label}:{x}"
 
     return model
 

@@ -166,6 +166,44 @@ def test_missing_path_is_a_key_error_naming_the_parameter(tmp_path: Path) -> Non
         k(src=tmp_path / "nope")
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs and Unix sockets are POSIX")
+@pytest.mark.parametrize("kind", ["fifo", "socket"])
+def test_a_directory_holding_a_file_without_content_is_a_key_error(
+    tmp_path: Path, kind: str
+) -> None:
+    import socket
+
+    (tmp_path / "data.txt").write_text("x")
+    odd = tmp_path / "odd"
+    if kind == "fifo":
+        os.mkfifo(odd)  # opening it would block until a writer comes
+    else:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(odd))
+    try:
+        with pytest.raises(CacheKeyError, match="'src'") as err:
+            k(src=tmp_path)
+        assert "odd" in str(err.value) and "not a regular file" in str(err.value)
+        with pytest.raises(CacheKeyError):
+            k(src=odd)  # the file itself, too
+    finally:
+        if kind == "socket":
+            sock.close()
+
+
+def test_a_file_that_cannot_be_opened_is_a_key_error(tmp_path: Path) -> None:
+    from cacheness.keys._files import _file_digest
+    from cacheness.keys._wire import _Unkeyable
+
+    f = tmp_path / "f"
+    f.write_text("x")
+    st = os.stat(f)
+    f.unlink()
+    f.mkdir()  # replaced by a directory after its stat: open() fails (EISDIR)
+    with pytest.raises(_Unkeyable, match="cannot be read"):
+        _file_digest(str(f), st)
+
+
 def test_dataclasses_and_attrs_by_fields() -> None:
     @dataclasses.dataclass
     class P:

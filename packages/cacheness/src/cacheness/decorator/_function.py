@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 import logging
 import os
 import threading
 import time
+import types
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Generic, NamedTuple, ParamSpec, TypeVar
@@ -17,7 +19,7 @@ import xxhash
 from cacheness._config import CacheConfig, unknown_option
 from cacheness.decorator._leases import _LEASED, _MISS, _keeper, _Lease
 from cacheness.decorator._owned import _owned
-from cacheness.keys import KEY_VERSION
+from cacheness.keys import KEY_VERSION, make_key
 from cacheness.keys._encoder import _Encoder
 from cacheness.keys._wire import _SIMPLE, _Unkeyable
 from cacheness.storage.errors import (
@@ -108,11 +110,40 @@ def _identity(func: Any, key_prefix: str | None) -> str:
             "from other functions'; pass key_prefix='some.stable.name'"
         )
     name = f"{module}.{qualname}"
+    code = getattr(func, "__code__", None)
     if "<lambda>" in qualname:
-        # Lambdas of one module share a qualname; their line tells them apart.
-        code = getattr(func, "__code__", None)
-        name += f"@{getattr(code, 'co_firstlineno', 0)}"
-    return name
+        # Lambdas of one module share a qualname; their line and column tell them
+        # apart (two on one line differ in where their bodies start).
+        columns = [c for _, _, c, _ in getattr(code, "co_positions", list)() if c]
+        name += f"@{getattr(code, 'co_firstlineno', 0)}:{min(columns, default=0)}"
+    return name + _closure_part(func, name)
+
+
+def _closure_part(func: Any, name: str) -> str:
+    """The values a nested function closes over, hashed (``""`` for none): the
+    ``inner`` of ``make(2)`` and of ``make(10)`` share a qualname, not results.
+    Functions, classes and modules count by name. A value that cannot be keyed (a
+    lock, a connection) does not count, as before: refusing it would refuse the
+    usual closure over a counter or a logger. Nor does an empty cell (the
+    function's own name, while it is being decorated)."""
+    cells = getattr(func, "__closure__", None)
+    if not cells:
+        return ""
+    parts: list[str] = []
+    for var, cell in zip(func.__code__.co_freevars, cells, strict=True):
+        try:
+            value = cell.cell_contents
+        except ValueError:
+            continue
+        if isinstance(value, types.ModuleType):
+            value = f"module {value.__name__}"
+        elif callable(value) and isinstance(getattr(value, "__qualname__", None), str):
+            value = f"{getattr(value, '__module__', '')}.{value.__qualname__}"
+        try:
+            parts.append(make_key({var: value}))
+        except CacheKeyError:
+            logger.debug("%s: the variable %r it closes over is not part of its keys", name, var)
+    return "#" + xxhash.xxh3_64_hexdigest("".join(parts).encode()) if parts else ""
 
 
 def _escape(identity: str) -> str:
@@ -571,6 +602,10 @@ class _AsyncCachedFunction(CachedFunction[P, R]):
                     fut = self._afutures[fkey] = loop.create_future()
             if leader:
                 break
+            if fkey in _computing.get():
+                # The body (or a task it started) awaits itself with the same arguments:
+                # waiting for our own result would never end.
+                return await self._arun(cache, key, args, kwargs)
             got = await asyncio.shield(fut)
             if got is not _RETRY:
                 self._hits += 1
@@ -579,6 +614,7 @@ class _AsyncCachedFunction(CachedFunction[P, R]):
             if value is not _MISS:
                 self._hits += 1
                 return value
+        token = _computing.set(_computing.get() | {fkey})
         try:
             value = await self._alead(cache, key, args, kwargs)
         except BaseException:
@@ -588,6 +624,7 @@ class _AsyncCachedFunction(CachedFunction[P, R]):
             fut.set_result(value)
             return value
         finally:
+            _computing.reset(token)
             with self._lock:
                 if self._afutures.get(fkey) is fut:
                     del self._afutures[fkey]
@@ -626,6 +663,12 @@ class _AsyncCachedFunction(CachedFunction[P, R]):
         return result
 
 
+# The (event loop, key) pairs the current task computes, inherited by the tasks it
+# starts: an await of one of them from inside runs the body instead of waiting.
+_computing: contextvars.ContextVar[frozenset[tuple[int, str]]] = contextvars.ContextVar(
+    "cacheness_computing", default=frozenset()
+)
+
 # Every decorated function, so that a forked child can drop its parent's in-flight state
 # (a computation running in another thread of the parent never finishes in the child).
 _live: weakref.WeakSet[CachedFunction[Any, Any]] = weakref.WeakSet()
@@ -648,7 +691,8 @@ if hasattr(os, "register_at_fork"):
 
 
 class _BoundCached:
-    """``obj.method`` of a cached method: calls and keys include ``obj``."""
+    # ``obj.method`` of a cached method: calls and keys include ``obj``. No class
+    # docstring: ``__doc__`` is the method's, as for a plain bound method.
 
     __slots__ = ("__func__", "__self__")
 
@@ -666,7 +710,23 @@ class _BoundCached:
         return self.__func__.invalidate(self.__self__, *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
+        if name in ("__func__", "__self__"):
+            raise AttributeError(name)  # unset slots (mid-unpickling): never recurse
         return getattr(self.__func__, name)
+
+    @property
+    def __doc__(self) -> str | None:  # type: ignore[override]
+        return self.__func__.__doc__
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        # The method's, without its first parameter (``self`` or ``cls``).
+        sig = inspect.signature(self.__func__.__wrapped__)
+        return sig.replace(parameters=list(sig.parameters.values())[1:])
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Looked up again on the instance (or class): pickles as ``obj.method`` does.
+        return getattr, (self.__self__, self.__func__.__wrapped__.__name__)
 
     def __eq__(self, other: object) -> bool:
         return (

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -26,12 +27,18 @@ def _file_digest(path: str, st: os.stat_result) -> bytes:
         hit = _file_memo.get(stamp)
     if hit is not None:
         return hit
+    if not stat.S_ISREG(st.st_mode):
+        # A socket, FIFO or device has no content to key by (opening a FIFO blocks).
+        raise _Unkeyable(f"{path!r} is not a regular file, so it has no content to key by")
     h = xxhash.xxh3_128()
-    with open(path, "rb") as f:
-        buf = bytearray(min(_FILE_CHUNK, max(st.st_size, 1)))
-        view = memoryview(buf)
-        while n := f.readinto(buf):
-            h.update(view[:n])
+    try:
+        with open(path, "rb") as f:
+            buf = bytearray(min(_FILE_CHUNK, max(st.st_size, 1)))
+            view = memoryview(buf)
+            while n := f.readinto(buf):
+                h.update(view[:n])
+    except OSError as exc:
+        raise _Unkeyable(f"file {path!r} cannot be read ({exc.strerror})") from None
     digest = h.digest()
     with _file_memo_lock:
         if len(_file_memo) >= _FILE_MEMO_MAX:
