@@ -541,7 +541,9 @@ class CachedFunction(Generic[P, R]):
         return self.cache.invalidate(cache_key=self._make_key(args, kwargs))
 
     def cache_info(self) -> CacheInfo:
-        """``(hits, misses, maxsize, currsize)``, like ``functools.lru_cache``."""
+        """``(hits, misses, maxsize, currsize)``, like ``functools.lru_cache``; ``currsize``
+        counts this function's entries of every ``version`` (the version is hashed into
+        each key, so older versions' entries stay until ``cache_clear`` or eviction)."""
         cache = self.cache
         return CacheInfo(
             self._hits,
