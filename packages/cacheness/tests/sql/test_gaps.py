@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import itertools
 
-from cacheness.sql._gaps import cap_fetches, merge, remove, split_open, subtract, to_grid
+from cacheness.sql._gaps import (
+    cap_fetches,
+    merge,
+    remove,
+    span_of,
+    split_open,
+    subtract,
+    touched,
+    within,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -39,10 +48,17 @@ def test_remove_cuts_exactly(ivs: list[tuple[int, int]], cut: tuple[int, int]) -
     assert points(remove(ivs, cut)) == points(ivs) - points([cut])
 
 
-def test_grid_snapping_and_caps() -> None:
-    assert to_grid(0, 86_400, 86_400) == (0, 1)
-    assert to_grid(1, 86_399, 86_400) is None  # no grid point inside
-    assert to_grid(-86_401, -1, 86_400) == (-1, -1)  # before the epoch
+def test_buckets_and_caps() -> None:
+    day = 86_400
+    assert touched(0, day, day) == (0, 1)  # midnight of day 1 is in bucket 1
+    assert touched(1, day - 1, day) == (0, 0)  # a part of one day needs that day
+    assert touched(-day - 1, -1, day) == (-2, -1)  # before the epoch
+    assert within(0, day, day) == (0, 0)  # day 1 is not whole in [0, day]
+    assert within(0, 2 * day - 1, day) == (0, 1)
+    assert within(1, 2 * day - 1, day) == (1, 1)
+    assert within(1, day - 1, day) is None
+    assert span_of(0, 1, day) == (0, 2 * day - 1)
+    assert within(*span_of(-3, 4, day), day) == (-3, 4)  # a fetched span covers its buckets
     assert cap_fetches([(1, 1), (3, 3), (5, 5)], 2) == [(1, 5)]
     assert cap_fetches([(1, 1), (3, 3)], 2) == [(1, 1), (3, 3)]
     assert split_open((1, 10), 5) == ((1, 4), (5, 10))

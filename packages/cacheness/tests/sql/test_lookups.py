@@ -213,3 +213,54 @@ def test_lookup_options_are_checked(tmp_path: Any, users_source: UserSource) -> 
             ttl_second=5,
             user_id=Integer,
         )
+
+
+def test_many_ids_are_read_fetched_and_invalidated_in_batches(
+    make_cache: Callable[..., Any], users_source: UserSource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Batches of 7 stand in for 10,000 (a statement binds 65,535 values at most on
+    # PostgreSQL): 100 ids go to the source in 15 calls, and read back in one frame.
+    from cacheness.sql import _request, _rows
+
+    monkeypatch.setattr(_request, "IN_CHUNK", 7)
+    monkeypatch.setattr(_rows, "IN_CHUNK", 7)
+    users: SqlCache = make_cache(
+        "for_lookup_table",
+        table_name="users_many",
+        primary_keys=["user_id"],
+        data_fetcher=batch_fetcher(users_source),
+        user_id=Integer,
+        name=String(100),
+    )
+    ids = list(range(100, 0, -1))
+    got = users.get_data(user_id=ids)
+    assert got["user_id"].tolist() == list(range(1, 100))  # id 100 is not at the source
+    assert [len(c) for c in users_source.calls] == [7] * 14 + [2]
+    again = users.get_data(user_id=ids)
+    assert again.equals(got) and len(users_source.calls) == 15  # every id cached
+    assert users.invalidate_cache(user_id=ids[:50]) == 49  # rows deleted (100 had none)
+    users.get_data(user_id=ids)
+    assert [len(c) for c in users_source.calls[15:]] == [7] * 7 + [1]
+
+
+@pytest.mark.parametrize("bad", [None, float("nan")])
+def test_a_key_without_a_value_is_a_key_error(make_cache: Callable[..., Any], bad: Any) -> None:
+    from cacheness.storage.errors import CacheKeyError
+
+    calls: list[Any] = []
+
+    def fetch(symbol: str) -> pd.DataFrame:
+        calls.append(symbol)
+        return pd.DataFrame({"symbol": [symbol], "v": [1.0]})
+
+    cache = make_cache(
+        "for_lookup_table",
+        table_name="symbols",
+        primary_keys=["symbol"],
+        data_fetcher=fetch,
+        symbol=String(20),
+        v=Float,
+    )
+    with pytest.raises(CacheKeyError, match="needs a value"):
+        cache.get_data(symbol=bad)
+    assert calls == [] and cache.get_cache_stats()["rows"] == 0

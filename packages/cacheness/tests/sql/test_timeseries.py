@@ -325,8 +325,12 @@ def test_time_inputs_naive_aware_and_dates_are_utc(make_cache: Callable[..., Any
     )
     aware_start = datetime(2024, 1, 1, 0, 0, tzinfo=timezone(timedelta(hours=-5)))  # 05:00 UTC
     df = cache.get_data(sensor="s1", start_date=aware_start, end_date="2024-01-01 08:00")
+    # Whole hours are fetched: a row at 08:30 belongs to the 08:00 bucket.
     assert seen == [
-        (pd.Timestamp("2024-01-01 05:00", tz="UTC"), pd.Timestamp("2024-01-01 08:00", tz="UTC"))
+        (
+            pd.Timestamp("2024-01-01 05:00", tz="UTC"),
+            pd.Timestamp("2024-01-01 08:59:59.999999", tz="UTC"),
+        )
     ]
     assert df["ts"].tolist() == list(
         pd.date_range("2024-01-01 05:00", "2024-01-01 08:00", freq="h", tz="UTC")
@@ -336,7 +340,7 @@ def test_time_inputs_naive_aware_and_dates_are_utc(make_cache: Callable[..., Any
     )
     assert seen[-1] == (
         pd.Timestamp("2024-01-01 00:00", tz="UTC"),
-        pd.Timestamp("2024-01-01 04:00", tz="UTC"),
+        pd.Timestamp("2024-01-01 04:59:59.999999", tz="UTC"),
     )
     assert len(df2) == 7  # 00:00 .. 06:00, the requested range exactly
 
@@ -361,7 +365,8 @@ def test_integer_sequences_use_start_and_end(make_cache: Callable[..., Any]) -> 
     assert df["height"].tolist() == list(range(100, 201, 10))
     assert str(df["height"].dtype) == "int64"
     cache.get_data(chain="btc", start=75, end=245)
-    assert calls == [("btc", 100, 200), ("btc", 80, 90), ("btc", 210, 240)]
+    # Whole buckets of 10: 200 stands for 200..209, 75 is in 70..79.
+    assert calls == [("btc", 100, 209), ("btc", 70, 99), ("btc", 210, 249)]
     assert cache.get_data(chain="btc", start=81, end=99)["height"].tolist() == [90]
     assert len(calls) == 3
     with pytest.raises(CacheKeyError):
@@ -432,3 +437,43 @@ def test_bad_requests_raise_key_errors(prices: SqlCache, source: Any) -> None:
     with pytest.raises(CacheKeyError):
         prices.get_data(symbol="A", start_date="not a date", end_date="2024-01-02")
     assert source.calls == []
+
+
+def test_rows_off_the_grid_are_fetched_with_their_bucket(make_cache: Callable[..., Any]) -> None:
+    """Daily closes stamped 16:00 and weekly rows on Mondays (the grid's weeks start
+    on Thursdays, 1970-01-01): every row inside the requested range comes back."""
+    closes = pd.date_range("2024-01-01 16:00", "2024-01-10 16:00", freq="D", tz="UTC")
+    mondays = pd.date_range("2023-12-01", "2024-03-01", freq="W-MON", tz="UTC")
+    calls: list[str] = []
+
+    def source(stamps: pd.DatetimeIndex, name: str) -> Any:
+        def fetch(start_date: pd.Timestamp, end_date: pd.Timestamp) -> pd.DataFrame:
+            calls.append(name)
+            inside = [t for t in stamps if start_date <= t <= end_date]
+            return pd.DataFrame({"date": inside, "v": [float(t.day) for t in inside]})
+
+        return fetch
+
+    daily = make_cache(
+        table_name="closes",
+        time_column="date",
+        time_increment=timedelta(days=1),
+        data_fetcher=source(closes, "daily"),
+        v=Float,
+    )
+    got = daily.get_data(start_date="2024-01-01", end_date="2024-01-05 23:59")
+    assert got["date"].tolist() == list(closes[:5])
+    # Part of a day already fetched: a hit, and the row is there.
+    part = daily.get_data(start_date="2024-01-05 12:00", end_date="2024-01-05 20:00")
+    assert part["date"].tolist() == [closes[4]] and calls == ["daily"]
+
+    weekly = make_cache(
+        table_name="weekly",
+        time_column="date",
+        time_increment=timedelta(days=7),
+        data_fetcher=source(mondays, "weekly"),
+        v=Float,
+    )
+    got = weekly.get_data(start_date="2024-01-01", end_date="2024-01-29")
+    expected = [t for t in mondays if pd.Timestamp("2024-01-01", tz="UTC") <= t]
+    assert got["date"].tolist() == expected[:5]  # Jan 1, 8, 15, 22 and 29

@@ -1,11 +1,15 @@
 """Interval arithmetic on integer grid points: the heart of gap detection.
 
-Every position handled here is a *grid index*: for a time series with a
-``time_increment`` of one day, index ``k`` is midnight UTC of day ``k`` after
-the epoch; for an integer sequence with ``ordered_increment=N`` it is the
-value ``k * N``. Intervals are closed ``(lo, hi)`` pairs of indices, so two
-intervals are adjacent when ``hi + 1 == lo``. Working on indices rather than
-timestamps makes "adjacent" exact and keeps this module free of pandas.
+Every position handled here is a *grid index*, the index of a bucket: for a
+time series with a ``time_increment`` of one day, bucket ``k`` is day ``k``
+after the epoch (UTC), from its midnight up to the next; for an integer
+sequence with ``ordered_increment=N`` it is the values ``k * N`` to
+``k * N + N - 1``. Buckets, not points: rows stamped off the grid (closes at
+16:00, weekly rows on Mondays while the grid's weeks start on Thursdays) are
+inside a bucket and fetched with it. Intervals are closed ``(lo, hi)`` pairs
+of indices, so two intervals are adjacent when ``hi + 1 == lo``. Working on
+indices rather than timestamps makes "adjacent" exact and keeps this module
+free of pandas.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ __all__ = [
     "ceil_div",
     "merge",
     "remove",
+    "span_of",
     "split_open",
     "subtract",
-    "to_grid",
+    "touched",
+    "within",
 ]
 
 Interval = tuple[int, int]
@@ -32,13 +38,25 @@ def ceil_div(a: int, b: int) -> int:
     return -((-a) // b)
 
 
-def to_grid(lo_value: int, hi_value: int, step: int) -> Interval | None:
-    """Grid indices of the points inside ``[lo_value, hi_value]``, or None if there are none."""
+def touched(lo_value: int, hi_value: int, step: int) -> Interval:
+    """The buckets ``[lo_value, hi_value]`` reaches into (what a request needs)."""
+    return (lo_value // step, hi_value // step)
+
+
+def within(lo_value: int, hi_value: int, step: int) -> Interval | None:
+    """The buckets wholly inside ``[lo_value, hi_value]`` (what a fetch of that span
+    covers), or None if there are none."""
     lo = ceil_div(lo_value, step)
-    hi = hi_value // step
+    hi = (hi_value + 1) // step - 1
     if lo > hi:
         return None
     return (lo, hi)
+
+
+def span_of(lo: int, hi: int, step: int) -> Interval:
+    """The values of buckets ``lo`` to ``hi``: from the first one's start to the last
+    one's last value."""
+    return (lo * step, (hi + 1) * step - 1)
 
 
 def merge(intervals: Iterable[Interval]) -> list[Interval]:

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 __all__: list[str] = []
 
 _LIST_TYPES = (list, tuple, set, frozenset, np.ndarray, pd.Index, pd.Series)
+# Key values bound in one statement or fetcher call at most (PostgreSQL takes 65,535
+# bound values per statement, SQLite as built by default 32,766).
+IN_CHUNK = 10_000
 
 
 @dataclass
@@ -135,7 +138,7 @@ def _normalize(cache: SqlCache, params: Mapping[str, Any], *, partial: bool = Fa
             if hi is not None:
                 public[cache.end_name] = _value_param(cache, hi)
             if lo is not None and hi is not None:
-                req.grid = _gaps.to_grid(lo, hi, cache.step)
+                req.grid = _gaps.touched(lo, hi, cache.step)
     return req
 
 
@@ -177,7 +180,7 @@ def _plan(
     covered: dict[str, list[Interval]] = {lab: [] for lab in req.labels}
     for e in cache.ledger.entries(conn, req.labels, req.lo, req.hi):
         if e.valid(now):
-            grid = _gaps.to_grid(e.lo, e.hi, cache.step)
+            grid = _gaps.within(e.lo, e.hi, cache.step)
             if grid is not None:
                 covered[e.key].append(grid)
     tasks: list[_Task] = []
@@ -188,7 +191,8 @@ def _plan(
         requested += req.grid[1] - req.grid[0] + 1
         missing_points += sum(hi - lo + 1 for lo, hi in gaps)
         for g_lo, g_hi in _gaps.cap_fetches(gaps, cache.max_fetches):
-            span = (g_lo * cache.step, g_hi * cache.step)
+            # Whole buckets: a row anywhere in them is fetched (and replaced) with them.
+            span = _gaps.span_of(g_lo, g_hi, cache.step)
             params = dict(zip(cache.key_columns, key, strict=True))
             params[cache.start_name] = _value_param(cache, span[0])
             params[cache.end_name] = _value_param(cache, span[1])
@@ -200,8 +204,13 @@ def _plan(
 
 def _lookup_tasks(cache: SqlCache, missing: list[tuple[tuple[Any, ...], str]]) -> list[_Task]:
     if cache.batch_fetch:
-        params = {col: [k[i] for k, _ in missing] for i, col in enumerate(cache.key_columns)}
-        return [_Task(params, [_Cover(lab, k, None) for k, lab in missing])]
+        # In batches: a source query binds each id (PostgreSQL takes 65,535 at most).
+        tasks = []
+        for n in range(0, len(missing), IN_CHUNK):
+            part = missing[n : n + IN_CHUNK]
+            params = {col: [k[i] for k, _ in part] for i, col in enumerate(cache.key_columns)}
+            tasks.append(_Task(params, [_Cover(lab, k, None) for k, lab in part]))
+        return tasks
     return [
         _Task(dict(zip(cache.key_columns, k, strict=True)), [_Cover(lab, k, None)])
         for k, lab in missing

@@ -21,7 +21,7 @@ from cacheness.sql import _gaps
 from cacheness.sql._database import _db
 from cacheness.sql._gaps import Interval
 from cacheness.sql._ledger import Entry
-from cacheness.sql._request import _Cover, _normalize, _Request, _Task
+from cacheness.sql._request import IN_CHUNK, _Cover, _normalize, _Request, _Task
 from cacheness.sql._upsert import upsert
 
 if TYPE_CHECKING:
@@ -116,9 +116,27 @@ def _bind_position(cache: SqlCache, value: int) -> Any:
 def _read(cache: SqlCache, conn: sa.Connection, req: _Request) -> pd.DataFrame:
     if not req.keys:
         return cache.schema.empty_frame()
+    lists = list(req.key_lists)
+    big = max(range(len(lists)), key=lambda i: len(lists[i]), default=None)
+    if big is None or len(lists[big]) <= IN_CHUNK:
+        return _read_some(cache, conn, req, lists)
+    # A statement takes at most 65,535 bound values on PostgreSQL, 32,766 on SQLite.
+    frames = [
+        _read_some(
+            cache, conn, req, [*lists[:big], lists[big][i : i + IN_CHUNK], *lists[big + 1 :]]
+        )
+        for i in range(0, len(lists[big]), IN_CHUNK)
+    ]
+    frame = pd.concat(frames, ignore_index=True)
+    return frame.sort_values(cache.schema.primary_key, kind="stable", ignore_index=True)
+
+
+def _read_some(
+    cache: SqlCache, conn: sa.Connection, req: _Request, key_lists: list[list[Any]]
+) -> pd.DataFrame:
     t = cache.table
     where = []
-    for col, values in zip(cache.key_columns, req.key_lists, strict=True):
+    for col, values in zip(cache.key_columns, key_lists, strict=True):
         where.append(t.c[col] == values[0] if len(values) == 1 else t.c[col].in_(values))
     if cache.mode == "range":
         assert cache.time_column is not None and req.lo is not None and req.hi is not None
@@ -164,10 +182,8 @@ def _has_processor(type_: Any, dialect: sa.Dialect) -> bool:
 def _invalidate(cache: SqlCache, keys: Mapping[str, Any]) -> int:
     req = _normalize(cache, keys, partial=True)
     t = cache.table
-    where = []
-    for col, values in zip(cache.key_columns, req.key_lists, strict=True):
-        if values:
-            where.append(t.c[col].in_(values))
+    given = [(col, v) for col, v in zip(cache.key_columns, req.key_lists, strict=True) if v]
+    where = [t.c[col].in_(values) for col, values in given]
     lo, hi = req.lo, req.hi
     if cache.mode == "range" and (lo is not None or hi is not None):
         tc = t.c[cache.time_column]  # type: ignore[index]
@@ -176,8 +192,16 @@ def _invalidate(cache: SqlCache, keys: Mapping[str, Any]) -> int:
         if hi is not None:
             where.append(tc <= _bind_position(cache, hi))
     wanted = [set(map(_json_key, v)) if v else None for v in req.key_lists]
+    big = max(range(len(given)), key=lambda i: len(given[i][1]), default=None)
     with _db(cache, "invalidate cached rows"), cache.engine.begin() as conn:
-        deleted = conn.execute(t.delete().where(*where)).rowcount or 0
+        if big is None or len(given[big][1]) <= IN_CHUNK:
+            deleted = conn.execute(t.delete().where(*where)).rowcount or 0
+        else:
+            col, values = given[big]
+            deleted = 0
+            for i in range(0, len(values), IN_CHUNK):
+                part = [*where[:big], t.c[col].in_(values[i : i + IN_CHUNK]), *where[big + 1 :]]
+                deleted += conn.execute(t.delete().where(*part)).rowcount or 0
         labels = {e.key for e in cache.ledger.entries(conn)}
         for label in labels:
             values = json.loads(label)

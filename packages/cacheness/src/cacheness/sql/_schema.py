@@ -129,6 +129,14 @@ class TableSchema:
     def bind_key(self, column: str, value: Any) -> Any:
         """A key value from the caller, in the form the database compares."""
         spec = self.by_name[column]
+        if (
+            value is None
+            or value is pd.NaT
+            or value is pd.NA
+            or (isinstance(value, float | np.floating) and np.isnan(value))
+        ):
+            # Key columns are NOT NULL: str(None) would ask the source for "None".
+            raise CacheKeyError(f"{column}={value!r}: a key column needs a value", key=column)
         try:
             if spec.kind == "int":
                 if isinstance(value, float) and not value.is_integer():

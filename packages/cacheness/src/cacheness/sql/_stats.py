@@ -68,7 +68,7 @@ def _cache_stats(cache: SqlCache) -> dict[str, Any]:
             intervals[name] = 1
             continue
         grid = _gaps.merge(
-            g for g in (_gaps.to_grid(lo, hi, cache.step) for lo, hi in spans) if g is not None
+            g for g in (_gaps.within(lo, hi, cache.step) for lo, hi in spans) if g is not None
         )
         intervals[name] = len(grid)
         covered[name] = [
