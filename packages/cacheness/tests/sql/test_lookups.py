@@ -264,3 +264,46 @@ def test_a_key_without_a_value_is_a_key_error(make_cache: Callable[..., Any], ba
     with pytest.raises(CacheKeyError, match="needs a value"):
         cache.get_data(symbol=bad)
     assert calls == [] and cache.get_cache_stats()["rows"] == 0
+
+
+def test_reopening_a_table_with_other_types_or_keys_is_refused(
+    make_cache: Callable[..., Any], users_source: UserSource
+) -> None:
+    def open_users(**columns: Any) -> Any:
+        keys = columns.pop("primary_keys", ["user_id"])
+        return make_cache(
+            "for_lookup_table",
+            table_name="users_typed",
+            primary_keys=keys,
+            data_fetcher=batch_fetcher(users_source),
+            **columns,
+        )
+
+    first = open_users(user_id=Integer, name=String(100))
+    first.get_data(user_id=[1])
+    open_users(user_id=Integer, name=String(100))  # the same: fine
+    with pytest.raises(CacheConfigError, match="'name'"):
+        open_users(user_id=Integer, name=Float)
+    with pytest.raises(CacheConfigError, match="primary key"):
+        open_users(user_id=Integer, name=String(100), primary_keys=["user_id", "name"])
+    assert first.get_data(user_id=[1])["name"].tolist() == ["user1"]  # nothing changed
+
+
+def test_long_and_non_ascii_keys_fit_the_ledger(make_cache: Callable[..., Any]) -> None:
+    def fetch(a: list[str], b: list[str]) -> pd.DataFrame:
+        return pd.DataFrame({"a": a, "b": b, "v": [1.0] * len(a)})
+
+    cache = make_cache(
+        "for_lookup_table",
+        table_name="pairs",
+        primary_keys=["a", "b"],
+        data_fetcher=fetch,
+        a=String(255),
+        b=String(255),
+        v=Float,
+    )
+    a, b = "é" * 255, "x" * 255  # a label of both is longer than 512 characters
+    assert cache.get_data(a=[a], b=[b])["v"].tolist() == [1.0]
+    assert cache.get_cache_stats()["fetches"] == 1
+    assert cache.get_data(a=[a], b=[b])["v"].tolist() == [1.0]
+    assert cache.get_cache_stats()["fetches"] == 1  # the ledger found it

@@ -63,13 +63,42 @@ def _create_tables(cache: SqlCache) -> None:
             conn.execute(sa.schema.CreateTable(table, if_not_exists=True))
             for index in table.indexes:
                 conn.execute(sa.schema.CreateIndex(index, if_not_exists=True))
-        existing = {c["name"] for c in sa.inspect(conn).get_columns(cache.table_name)}
+        inspector = sa.inspect(conn)
+        reflected = {c["name"]: c["type"] for c in inspector.get_columns(cache.table_name)}
+        pk = list(inspector.get_pk_constraint(cache.table_name)["constrained_columns"])
+    existing = set(reflected)
     if existing != set(cache.schema.names):
         raise CacheConfigError(
             f"table {cache.table_name!r} already exists with columns {sorted(existing)}, "
             f"but this cache declares {sorted(cache.schema.names)}; use another "
             "table_name or drop the old table"
         )
+    if sorted(pk) != sorted(cache.schema.primary_key):
+        raise CacheConfigError(
+            f"table {cache.table_name!r} already exists with primary key {pk}, but this "
+            f"cache declares {cache.schema.primary_key}; use another table_name or drop "
+            "the old table"
+        )
+    for spec in cache.schema.columns:
+        # The type the table is made with (an instant is a BIGINT of µs on SQLite).
+        stored = cache.table.c[spec.name].type
+        found, declared = _python_type(reflected[spec.name]), _python_type(stored)
+        if found is not None and declared is not None and found is not declared:
+            raise CacheConfigError(
+                f"column {spec.name!r} of table {cache.table_name!r} holds "
+                f"{found.__name__} values ({reflected[spec.name]}), but this cache declares "
+                f"{spec.type!r}; use another table_name or drop the old table"
+            )
+
+
+def _python_type(type_: Any) -> type | None:
+    """The Python type a column's values come back as, or None when SQLAlchemy
+    cannot say (then the column is not compared)."""
+    try:
+        found = type_.python_type
+    except (NotImplementedError, AttributeError):
+        return None
+    return found if isinstance(found, type) else None
 
 
 @contextmanager

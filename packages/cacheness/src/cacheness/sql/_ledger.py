@@ -57,7 +57,9 @@ class Ledger:
             f"{table_name}__coverage",
             metadata,
             sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-            sa.Column("key", sa.String(512), nullable=False),
+            # Text: a label is the JSON of every key value (255-character strings,
+            # several of them), longer than any fixed VARCHAR would allow.
+            sa.Column("key", sa.Text, nullable=False),
             sa.Column("lo", sa.BigInteger, nullable=False),
             sa.Column("hi", sa.BigInteger, nullable=False),
             sa.Column("fetched_at", sa.Double, nullable=False),
@@ -67,7 +69,7 @@ class Ledger:
         self.leases = sa.Table(
             f"{table_name}__leases",
             metadata,
-            sa.Column("key", sa.String(512), primary_key=True),
+            sa.Column("key", sa.Text, primary_key=True),
             sa.Column("owner", sa.String(100), nullable=False),
             sa.Column("expires_at", sa.Double, nullable=False),
         )
