@@ -477,3 +477,47 @@ def test_rows_off_the_grid_are_fetched_with_their_bucket(make_cache: Callable[..
     got = weekly.get_data(start_date="2024-01-01", end_date="2024-01-29")
     expected = [t for t in mondays if pd.Timestamp("2024-01-01", tz="UTC") <= t]
     assert got["date"].tolist() == expected[:5]  # Jan 1, 8, 15, 22 and 29
+
+
+def test_cleanup_racing_a_refetch_keeps_the_fresh_rows(
+    make_cache: Callable[..., Any], source: Any, clock: Any
+) -> None:
+    """Two caches on one table (two processes, in effect). Right after A's cleanup
+    has read the ledger, B refetches the expired range; A must not delete B's
+    rows, and the ledger must not claim rows that are gone."""
+    from sqlalchemy import event
+
+    def open_prices() -> SqlCache:
+        cache: SqlCache = make_cache(
+            table_name="prices",
+            key_columns=["symbol"],
+            time_column="date",
+            time_increment=DAY,
+            data_fetcher=source,
+            ttl_seconds=86400,
+            price=Float,
+            volume=Integer,
+        )
+        return cache
+
+    a, b = open_prices(), open_prices()
+    a.get_data(symbol="AAPL", start_date="2024-01-01", end_date="2024-01-12")
+    clock.advance(90_000)  # expired
+    fired: list[int] = []
+
+    def refetch_in_between(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if not fired and "__coverage" in statement and statement.lstrip().startswith("SELECT"):
+            fired.append(1)
+            b.get_data(symbol="AAPL", start_date="2024-01-01", end_date="2024-01-12")
+
+    event.listen(a.engine, "after_cursor_execute", refetch_in_between)
+    try:
+        a.cleanup_expired()
+    finally:
+        event.remove(a.engine, "after_cursor_execute", refetch_in_between)
+    assert fired
+    fetches = a.get_cache_stats()["fetches"]
+    got = a.get_data(symbol="AAPL", start_date="2024-01-01", end_date="2024-01-12")
+    assert dates(got) == weekdays("2024-01-01", "2024-01-12")
+    assert a.get_cache_stats()["expired_intervals"] == 0
+    assert a.get_cache_stats()["fetches"] == fetches  # a hit: B's rows and entry stayed

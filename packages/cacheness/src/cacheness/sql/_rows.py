@@ -225,8 +225,18 @@ def _json_key(value: Any) -> str:
 
 def _cleanup_expired(cache: SqlCache) -> int:
     now = cache._clock()
-    with _db(cache, "clean up expired entries"), cache.engine.begin() as conn:
-        entries = cache.ledger.entries(conn)
+    with _db(cache, "read the coverage ledger"), cache.engine.connect() as conn:
+        labels = sorted({e.key for e in cache.ledger.entries(conn) if not e.valid(now)})
+    if not labels:
+        return 0
+    # Under the fetch lease of those keys, read again: a refetch that committed since
+    # the read above has valid entries whose rows must stay, and none can start now.
+    with (
+        cache._leased(labels),
+        _db(cache, "clean up expired entries"),
+        cache.engine.begin() as conn,
+    ):
+        entries = cache.ledger.entries(conn, labels)
         expired = [e for e in entries if not e.valid(now)]
         if not expired:
             return 0
