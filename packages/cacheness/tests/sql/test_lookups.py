@@ -307,3 +307,43 @@ def test_long_and_non_ascii_keys_fit_the_ledger(make_cache: Callable[..., Any]) 
     assert cache.get_cache_stats()["fetches"] == 1
     assert cache.get_data(a=[a], b=[b])["v"].tolist() == [1.0]
     assert cache.get_cache_stats()["fetches"] == 1  # the ledger found it
+
+
+@pytest.mark.parametrize("columns", [1, 2])
+def test_a_refetch_after_the_ttl_replaces_the_rows_of_its_ids(
+    make_cache: Callable[..., Any], clock: Any, columns: int
+) -> None:
+    rows = {(i, "a"): f"v{i}" for i in range(1, 6)}
+
+    def frame(asked: list[tuple[int, str]]) -> pd.DataFrame:
+        found = [k for k in rows if k in asked]
+        out: dict[str, list[Any]] = {"id": [k[0] for k in found], "v": [rows[k] for k in found]}
+        if columns == 2:
+            out["kind"] = [k[1] for k in found]
+        return pd.DataFrame(out)
+
+    def by_id(id: list[int]) -> pd.DataFrame:  # noqa: A002 - the column's name
+        return frame([(i, "a") for i in id])
+
+    def by_pair(id: list[int], kind: list[str]) -> pd.DataFrame:  # noqa: A002
+        return frame(list(zip(id, kind, strict=True)))
+
+    extra = {"kind": String(10)} if columns == 2 else {}
+    cache = make_cache(
+        "for_lookup_table",
+        table_name=f"refetch{columns}",
+        primary_keys=["id", "kind"][:columns],
+        data_fetcher=by_pair if columns == 2 else by_id,
+        ttl_seconds=60,
+        id=Integer,
+        v=String(10),
+        **extra,
+    )
+    ask: dict[str, Any] = {"id": [1, 2, 3, 4, 5]} | ({"kind": ["a"]} if columns == 2 else {})
+    assert cache.get_data(**ask)["v"].tolist() == ["v1", "v2", "v3", "v4", "v5"]
+    del rows[(2, "a")]
+    rows[(3, "a")] = "new"
+    clock.advance(61)
+    got = cache.get_data(**ask)
+    assert got["id"].tolist() == [1, 3, 4, 5] and got["v"].tolist() == ["v1", "new", "v4", "v5"]
+    assert cache.get_cache_stats()["rows"] == 4

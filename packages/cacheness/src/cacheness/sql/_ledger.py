@@ -143,6 +143,24 @@ class Ledger:
             {"key": key, "lo": lo, "hi": hi, "fetched_at": fetched_at, "expires_at": expires_at},
         )
 
+    def record_keys(
+        self,
+        conn: sa.Connection,
+        keys: Sequence[str],
+        fetched_at: float,
+        expires_at: float | None,
+    ) -> None:
+        """Mark each of ``keys`` (a lookup's ids) as asked of the source, replacing any
+        coverage they had: two statements per batch of keys, not per key."""
+        self.forget_keys(conn, keys)
+        conn.execute(
+            self.coverage.insert(),
+            [
+                {"key": k, "lo": 0, "hi": 0, "fetched_at": fetched_at, "expires_at": expires_at}
+                for k in dict.fromkeys(keys)
+            ],
+        )
+
     def forget_keys(self, conn: sa.Connection, keys: Sequence[str]) -> None:
         for chunk in _chunks(list(keys)):
             conn.execute(self.coverage.delete().where(self.coverage.c.key.in_(chunk)))

@@ -52,24 +52,27 @@ def _run(cache: SqlCache, tasks: list[_Task]) -> None:
         for row in cache.schema.frame_to_rows(frame):
             rows[tuple(row[c] for c in pk)] = row
     now = cache._clock()
+    covers = [cover for task in tasks for cover in task.covers]
+    # Ids of a lookup go in batches: a statement per id was ~4 per id (40,000 ids, 10 s).
+    ids = [cover for cover in covers if cover.span is None]
+    spans = [cover for cover in covers if cover.span is not None]
     with _db(cache, "store fetched rows"), cache.engine.begin() as conn:
-        for task in tasks:
-            for cover in task.covers:
-                _delete_rows(cache, conn, cover.key, cover.span)
+        for cover in spans:
+            _delete_rows(cache, conn, cover.key, cover.span)
+        _delete_keys(cache, conn, [cover.key for cover in ids])
         upsert(conn, cache.table, list(rows.values()))
-        for task in tasks:
-            for cover in task.covers:
-                _record(cache, conn, cover, now)
+        for cover in spans:
+            _record(cache, conn, cover, now)
+        if ids:
+            labels = [cover.label for cover in ids]
+            cache.ledger.record_keys(conn, labels, now, _expiry(now, cache.ttl_seconds))
     logger.debug(
         "stored %d row(s) from %d fetch(es) in %s", len(rows), len(tasks), cache.table_name
     )
 
 
 def _record(cache: SqlCache, conn: sa.Connection, cover: _Cover, now: float) -> None:
-    if cover.span is None:
-        cache.ledger.forget(conn, cover.label, None, None)
-        cache.ledger.record(conn, cover.label, (0, 0), now, _expiry(now, cache.ttl_seconds))
-        return
+    assert cover.span is not None  # lookups: Ledger.record_keys
     lo, hi = cover.span
     first_open: int | None = None
     if not cache.sequence and cache.open_ttl_seconds is not None:
@@ -104,6 +107,18 @@ def _delete_rows(
         where.append(col >= _bind_position(cache, span[0]))
         where.append(col <= _bind_position(cache, span[1]))
     return conn.execute(cache.table.delete().where(*where)).rowcount or 0
+
+
+def _delete_keys(cache: SqlCache, conn: sa.Connection, keys: list[tuple[Any, ...]]) -> None:
+    """Delete every row of these keys (a lookup's refetched ids), in batches."""
+    if len(cache.key_columns) != 1:
+        for key in keys:
+            _delete_rows(cache, conn, key, None)
+        return
+    col = cache.table.c[cache.key_columns[0]]
+    values = [key[0] for key in keys]
+    for i in range(0, len(values), IN_CHUNK):
+        conn.execute(cache.table.delete().where(col.in_(values[i : i + IN_CHUNK])))
 
 
 def _bind_position(cache: SqlCache, value: int) -> Any:
