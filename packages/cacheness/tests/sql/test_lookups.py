@@ -322,10 +322,10 @@ def test_a_refetch_after_the_ttl_replaces_the_rows_of_its_ids(
             out["kind"] = [k[1] for k in found]
         return pd.DataFrame(out)
 
-    def by_id(id: list[int]) -> pd.DataFrame:  # noqa: A002 - the column's name
+    def by_id(id: list[int]) -> pd.DataFrame:
         return frame([(i, "a") for i in id])
 
-    def by_pair(id: list[int], kind: list[str]) -> pd.DataFrame:  # noqa: A002
+    def by_pair(id: list[int], kind: list[str]) -> pd.DataFrame:
         return frame(list(zip(id, kind, strict=True)))
 
     extra = {"kind": String(10)} if columns == 2 else {}
