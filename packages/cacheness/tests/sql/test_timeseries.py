@@ -24,8 +24,8 @@ def dates(frame: pd.DataFrame) -> list[str]:
     return [ts.date().isoformat() for ts in frame["date"]]
 
 
-@pytest.fixture
-def prices(make_cache: Callable[..., Any], source: Any) -> SqlCache:
+def open_prices(make_cache: Callable[..., Any], source: Any) -> SqlCache:
+    """A cache of daily prices per symbol (one day's TTL) on the test backend."""
     cache: SqlCache = make_cache(
         table_name="prices",
         key_columns=["symbol"],
@@ -37,6 +37,11 @@ def prices(make_cache: Callable[..., Any], source: Any) -> SqlCache:
         volume=Integer,
     )
     return cache
+
+
+@pytest.fixture
+def prices(make_cache: Callable[..., Any], source: Any) -> SqlCache:
+    return open_prices(make_cache, source)
 
 
 def table_rows(cache: SqlCache) -> list[tuple[Any, ...]]:
@@ -487,20 +492,7 @@ def test_cleanup_racing_a_refetch_keeps_the_fresh_rows(
     rows, and the ledger must not claim rows that are gone."""
     from sqlalchemy import event
 
-    def open_prices() -> SqlCache:
-        cache: SqlCache = make_cache(
-            table_name="prices",
-            key_columns=["symbol"],
-            time_column="date",
-            time_increment=DAY,
-            data_fetcher=source,
-            ttl_seconds=86400,
-            price=Float,
-            volume=Integer,
-        )
-        return cache
-
-    a, b = open_prices(), open_prices()
+    a, b = open_prices(make_cache, source), open_prices(make_cache, source)
     a.get_data(symbol="AAPL", start_date="2024-01-01", end_date="2024-01-12")
     clock.advance(90_000)  # expired
     fired: list[int] = []
