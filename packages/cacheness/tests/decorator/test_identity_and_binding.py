@@ -108,3 +108,41 @@ def test_closures_over_other_values_are_other_functions(cache: UnifiedCache, run
     assert make(10)(3) == 30
     assert make(2)(3) == 6 and runs.n == 2  # the same closure again: a hit
     assert make(2).cache_key(3) == make(2).cache_key(3)
+
+
+def test_a_wrapper_that_adds_a_keyword_is_called_through_its_own_signature(
+    cache: UnifiedCache, runs: Counter
+) -> None:
+    import functools
+
+    def with_timeout(func: Any) -> Any:
+        @functools.wraps(func)
+        def wrapper(*args: Any, timeout: float = 1.0, **kwargs: Any) -> Any:
+            return (func(*args, **kwargs), timeout)
+
+        return wrapper
+
+    def passing(func: Any) -> Any:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return func(*args, **kwargs)
+
+        return wrapper
+
+    @cached(cache_instance=cache)
+    @with_timeout
+    def fetch(x: int) -> int:
+        runs()
+        return x * 2
+
+    assert fetch(3, timeout=5) == (6, 5)
+    assert fetch(3, timeout=5) == (6, 5) and runs.n == 1
+    assert fetch(3) == (6, 1.0) and runs.n == 2  # another timeout, another entry
+
+    @cached(cache_instance=cache)
+    @passing
+    def double(x: int) -> int:
+        runs()
+        return x * 2
+
+    assert double(4) == double(x=4) == 8 and runs.n == 3  # the wrapped signature still keys

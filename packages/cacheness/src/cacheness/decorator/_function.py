@@ -233,12 +233,20 @@ class CachedFunction(Generic[P, R]):
     # ---------------------------------------------------------- signature
 
     def _setup_signature(self, func: Callable[..., Any], ignore: tuple[str, ...]) -> None:
+        P_ = inspect.Parameter
         try:
-            sig = inspect.signature(func)
+            sig = inspect.signature(func)  # through functools.wraps, to the function wrapped
+            own = inspect.signature(func, follow_wrapped=False)
         except (TypeError, ValueError) as exc:
             raise CacheConfigError(f"cannot read the signature of {func!r}: {exc}") from None
+        if own != sig and {p.kind for p in own.parameters.values()} != {
+            P_.VAR_POSITIONAL,
+            P_.VAR_KEYWORD,
+        }:
+            # A wrapper of its own shape (one adding timeout=, say) takes calls the
+            # wrapped function would refuse: its signature is the one calls go through.
+            sig = own
         params = list(sig.parameters.values())
-        P_ = inspect.Parameter
         self._sig = sig
         self._names = tuple(p.name for p in params)
         self._fingerprint: tuple[Any, ...] = tuple((p.name, int(p.kind)) for p in params)
