@@ -20,14 +20,16 @@ import os
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from cacheness.sql._gaps import Interval, remove
 
-__all__ = ["Entry", "Ledger"]
+__all__ = ["Entry", "Ledger", "chunks"]
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +48,10 @@ class Entry(NamedTuple):
         return self.expires_at is None or self.expires_at > now
 
 
-def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
-    for i in range(0, len(items), _IN_CHUNK):
-        yield items[i : i + _IN_CHUNK]
+def chunks(items: Sequence[T], size: int = _IN_CHUNK) -> Iterable[Sequence[T]]:
+    """``items`` in consecutive pieces of at most ``size``."""
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
 
 
 class Ledger:
@@ -93,7 +96,7 @@ class Ledger:
         if keys is None:
             return [Entry(*r) for r in conn.execute(base.order_by(c.key, c.lo))]
         out: list[Entry] = []
-        for chunk in _chunks(list(keys)):
+        for chunk in chunks(list(keys)):
             stmt = (
                 base.where(c.key == chunk[0]) if len(chunk) == 1 else base.where(c.key.in_(chunk))
             )
@@ -162,7 +165,7 @@ class Ledger:
         )
 
     def forget_keys(self, conn: sa.Connection, keys: Sequence[str]) -> None:
-        for chunk in _chunks(list(keys)):
+        for chunk in chunks(list(keys)):
             conn.execute(self.coverage.delete().where(self.coverage.c.key.in_(chunk)))
 
     def delete_ids(self, conn: sa.Connection, ids: Sequence[int]) -> None:
@@ -221,7 +224,7 @@ class Ledger:
                     conn.execute(stmt, params)
                     held = {
                         owner
-                        for chunk in _chunks(ordered)
+                        for chunk in chunks(ordered)
                         for (owner,) in conn.execute(
                             sa.select(self.leases.c.owner).where(self.leases.c.key.in_(chunk))
                         )

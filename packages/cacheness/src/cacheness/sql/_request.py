@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from cacheness.sql import _gaps
 from cacheness.sql._gaps import Interval
+from cacheness.sql._ledger import chunks
 from cacheness.sql._schema import TableSchema
 from cacheness.sql._time import timestamp_to_us, to_utc, us_to_timestamp
 from cacheness.storage.errors import CacheConfigError, CacheKeyError
@@ -206,8 +207,7 @@ def _lookup_tasks(cache: SqlCache, missing: list[tuple[tuple[Any, ...], str]]) -
     if cache.batch_fetch:
         # In batches: a source query binds each id (PostgreSQL takes 65,535 at most).
         tasks = []
-        for n in range(0, len(missing), IN_CHUNK):
-            part = missing[n : n + IN_CHUNK]
+        for part in chunks(missing, IN_CHUNK):
             params = {col: [k[i] for k, _ in part] for i, col in enumerate(cache.key_columns)}
             tasks.append(_Task(params, [_Cover(lab, k, None) for k, lab in part]))
         return tasks

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from cacheness.sql import _gaps
 from cacheness.sql._database import _db
 from cacheness.sql._gaps import Interval
-from cacheness.sql._ledger import Entry
+from cacheness.sql._ledger import Entry, chunks
 from cacheness.sql._request import IN_CHUNK, _Cover, _normalize, _Request, _Task
 from cacheness.sql._upsert import upsert
 
@@ -116,9 +116,8 @@ def _delete_keys(cache: SqlCache, conn: sa.Connection, keys: list[tuple[Any, ...
             _delete_rows(cache, conn, key, None)
         return
     col = cache.table.c[cache.key_columns[0]]
-    values = [key[0] for key in keys]
-    for i in range(0, len(values), IN_CHUNK):
-        conn.execute(cache.table.delete().where(col.in_(values[i : i + IN_CHUNK])))
+    for part in chunks([key[0] for key in keys], IN_CHUNK):
+        conn.execute(cache.table.delete().where(col.in_(part)))
 
 
 def _bind_position(cache: SqlCache, value: int) -> Any:
@@ -137,10 +136,8 @@ def _read(cache: SqlCache, conn: sa.Connection, req: _Request) -> pd.DataFrame:
         return _read_some(cache, conn, req, lists)
     # A statement takes at most 65,535 bound values on PostgreSQL, 32,766 on SQLite.
     frames = [
-        _read_some(
-            cache, conn, req, [*lists[:big], lists[big][i : i + IN_CHUNK], *lists[big + 1 :]]
-        )
-        for i in range(0, len(lists[big]), IN_CHUNK)
+        _read_some(cache, conn, req, [*lists[:big], list(part), *lists[big + 1 :]])
+        for part in chunks(lists[big], IN_CHUNK)
     ]
     frame = pd.concat(frames, ignore_index=True)
     return frame.sort_values(cache.schema.primary_key, kind="stable", ignore_index=True)
@@ -214,9 +211,9 @@ def _invalidate(cache: SqlCache, keys: Mapping[str, Any]) -> int:
         else:
             col, values = given[big]
             deleted = 0
-            for i in range(0, len(values), IN_CHUNK):
-                part = [*where[:big], t.c[col].in_(values[i : i + IN_CHUNK]), *where[big + 1 :]]
-                deleted += conn.execute(t.delete().where(*part)).rowcount or 0
+            for part in chunks(values, IN_CHUNK):
+                some = [*where[:big], t.c[col].in_(part), *where[big + 1 :]]
+                deleted += conn.execute(t.delete().where(*some)).rowcount or 0
         labels = {e.key for e in cache.ledger.entries(conn)}
         for label in labels:
             values = json.loads(label)
